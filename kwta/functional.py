@@ -1,0 +1,123 @@
+"""`kwta(x, ratio, ...)`: backend dispatch, the torch.library ops and the autograd.Function.
+
+The cpu and triton backends return y and a bit-packed winner mask of shape (rows, ceil(N / 8)), bit
+i % 8 of byte i // 8 for element i of a row; the backward reads only that mask (0.125 bytes saved
+per element, against 4 for ReLU's saved output). Both are registered as torch.library custom ops
+with fake (meta) implementations, so torch.compile traces a k-WTA network in one graph.
+"""
+
+import os
+
+import torch
+
+from kernels import cpu
+from kernels.reference import check_input, kwta_reference, resolve_k, row_shape
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _mask_like(rows: torch.Tensor) -> torch.Tensor:
+    return rows.new_empty((rows.shape[0], (rows.shape[1] + 7) // 8), dtype=torch.uint8)
+
+
+@torch.library.custom_op("kwta::cpu_forward", mutates_args=())
+def _cpu_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return cpu.kwta_forward(rows, k)
+
+
+@torch.library.custom_op("kwta::cpu_backward", mutates_args=())
+def _cpu_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
+    return cpu.kwta_backward(grad_y, winner_bits)
+
+
+@torch.library.custom_op("kwta::triton_forward", mutates_args=())
+def _triton_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from kernels import triton_kwta
+
+    return triton_kwta.kwta_forward(rows, k)
+
+
+@torch.library.custom_op("kwta::triton_backward", mutates_args=())
+def _triton_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
+    from kernels import triton_kwta
+
+    return triton_kwta.kwta_backward(grad_y, winner_bits)
+
+
+for _forward in (_cpu_forward, _triton_forward):
+
+    @_forward.register_fake
+    def _(rows, k):
+        return torch.empty_like(rows), _mask_like(rows)
+
+
+for _backward in (_cpu_backward, _triton_backward):
+
+    @_backward.register_fake
+    def _(grad_y, winner_bits):
+        return torch.empty_like(grad_y)
+
+
+_OPS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
+
+
+class KWTAFunction(torch.autograd.Function):
+    """y = x on the k largest of each row (ties kept, NaN kept), 0 elsewhere; grad flows on winners."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, k: int, backend: str):
+        forward_op, backward_op = _OPS[backend]
+        y, winner_bits = forward_op(rows, k)
+        ctx.backward_op = backward_op
+        ctx.save_for_backward(winner_bits)
+        ctx.mark_non_differentiable(winner_bits)
+        return y, winner_bits
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_bits):
+        (winner_bits,) = ctx.saved_tensors
+        return ctx.backward_op(grad_y.contiguous(), winner_bits), None, None
+
+
+def resolve_backend(x: torch.Tensor, backend: str) -> str:
+    """The backend that runs `x`: 'auto' is triton on CUDA (float16/bfloat16/float32), cpu on CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if x.is_cuda:
+            return "triton" if x.dtype in TRITON_DTYPES else "reference"
+        return "cpu" if x.device.type == "cpu" else "reference"
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs a CPU tensor, got one on {x.device}")
+    if backend == "triton":
+        if x.dtype not in TRITON_DTYPES:
+            raise TypeError(f"backend='triton' supports float16, bfloat16 and float32 x, got {x.dtype}")
+        if not x.is_cuda and not (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ValueError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
+    return backend
+
+
+def kwta(
+    x: torch.Tensor,
+    ratio: float | None = None,
+    *,
+    k: int | None = None,
+    mode: str = "vol",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """k-Winners-Take-All of each row of `x` (see kernels/reference.py for the exact semantics).
+
+    mode="vol": one row per sample (C*H*W); mode="channel": one row per (sample, channel).
+    Exactly one of `ratio` (k = max(1, int(ratio * N))) and `k` is given.
+    """
+    check_input(x, mode)
+    backend = resolve_backend(x, backend)
+    n_rows, n = row_shape(x.shape, mode)
+    k = resolve_k(max(n, 1), ratio, k)
+    if backend == "reference":
+        return kwta_reference(x, k=k, mode=mode)
+    if x.numel() == 0:
+        return x.clone()
+    y, _ = KWTAFunction.apply(x.reshape(n_rows, n).contiguous(), k, backend)
+    return y.view(x.shape)
