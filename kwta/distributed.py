@@ -1,0 +1,61 @@
+"""torchrun helpers shared by train.py and attack.py; every function also works in a plain single process.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `init` joins the process group (nccl on GPUs, gloo on CPU).
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(device: str = "auto") -> torch.device:
+    """Join the torchrun process group if there is one; return this process's device.
+
+    device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N"; under torchrun each process takes
+    the GPU of its LOCAL_RANK.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but no CUDA device is available")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if chosen.type == "cuda":
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(chosen)
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return chosen
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on the one process that prints and writes files."""
+    return rank() == 0
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """`values` summed element-wise over all processes (counts, loss sums), as float64 for exact counts."""
+    if not dist.is_initialized():
+        return list(values)
+    # gloo reduces CPU tensors, nccl CUDA ones: the tensor lives where this process computes.
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
