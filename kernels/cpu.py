@@ -48,42 +48,49 @@ def _keys_kernel(x_bits, abs_mask, inf, keys):
             out[i] = _order_key(row[i], abs_mask, inf)
 
 
+@numba.njit(inline="always")
+def _mask_row(row, threshold, abs_mask, inf, out, packed_row):
+    n = row.shape[0]
+    for byte in range(packed_row.shape[0]):
+        packed = 0
+        if 8 * byte + 8 <= n:
+            for bit in range(8):  # a constant trip count: LLVM unrolls it and keeps it branch-free
+                win = _order_key(row[8 * byte + bit], abs_mask, inf) >= threshold
+                out[8 * byte + bit] = row[8 * byte + bit] if win else 0
+                packed |= np.int64(win) << bit
+        else:
+            for i in range(8 * byte, n):
+                win = _order_key(row[i], abs_mask, inf) >= threshold
+                out[i] = row[i] if win else 0
+                packed |= np.int64(win) << (i - 8 * byte)
+        packed_row[byte] = packed
+
+
 @numba.njit(parallel=True, cache=True)
 def _mask_kernel(x_bits, thresholds, abs_mask, inf, y_bits, winner_bits):
-    n_rows, n = x_bits.shape
-    full_bytes = n // 8
-    for r in numba.prange(n_rows):
-        row, out, packed_row, threshold = x_bits[r], y_bits[r], winner_bits[r], thresholds[r]
-        for byte in range(full_bytes):
-            packed = 0
-            for bit in range(8):  # a constant trip count: LLVM unrolls it and keeps it branch-free
-                i = 8 * byte + bit
-                win = _order_key(row[i], abs_mask, inf) >= threshold
-                out[i] = row[i] if win else 0
-                packed |= np.int64(win) << bit
-            packed_row[byte] = packed
-        if full_bytes < packed_row.shape[0]:
-            packed = 0
-            for i in range(8 * full_bytes, n):
-                win = _order_key(row[i], abs_mask, inf) >= threshold
-                out[i] = row[i] if win else 0
-                packed |= np.int64(win) << (i - 8 * full_bytes)
-            packed_row[full_bytes] = packed
+    # The per-row body is a function of its own: numba's parfor pass must not see `packed`, which
+    # it would otherwise take for a reduction across rows.
+    for r in numba.prange(x_bits.shape[0]):
+        _mask_row(x_bits[r], thresholds[r], abs_mask, inf, y_bits[r], winner_bits[r])
+
+
+@numba.njit(inline="always")
+def _unmask_row(grad, packed_row, out):
+    n = grad.shape[0]
+    for byte in range(packed_row.shape[0]):
+        packed = packed_row[byte]
+        if 8 * byte + 8 <= n:
+            for bit in range(8):
+                out[8 * byte + bit] = grad[8 * byte + bit] if (packed >> bit) & 1 else 0
+        else:
+            for i in range(8 * byte, n):
+                out[i] = grad[i] if (packed >> (i - 8 * byte)) & 1 else 0
 
 
 @numba.njit(parallel=True, cache=True)
 def _backward_kernel(grad_bits, winner_bits, out_bits):
-    n_rows, n = grad_bits.shape
-    full_bytes = n // 8
-    for r in numba.prange(n_rows):
-        grad, packed_row, out = grad_bits[r], winner_bits[r], out_bits[r]
-        for byte in range(full_bytes):
-            packed = packed_row[byte]
-            for bit in range(8):
-                i = 8 * byte + bit
-                out[i] = grad[i] if (packed >> bit) & 1 else 0
-        for i in range(8 * full_bytes, n):
-            out[i] = grad[i] if (packed_row[full_bytes] >> (i - 8 * full_bytes)) & 1 else 0
+    for r in numba.prange(grad_bits.shape[0]):
+        _unmask_row(grad_bits[r], winner_bits[r], out_bits[r])
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:

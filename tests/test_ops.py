@@ -1,0 +1,220 @@
+"""Every backend of the k-WTA operator against kernels/reference.py, bit for bit."""
+
+import pytest
+import torch
+
+from kernels import triton_kwta
+from kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
+from kwta import KWTA, kwta, replace_relu
+from kwta.functional import resolve_backend
+from kwta.modules import set_ratio
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ["cpu", "triton"] if DEVICE == "cpu" else ["triton"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor, so that -0.0 != +0.0 and NaN == NaN in comparisons."""
+    return t.contiguous().view(INT_VIEW[t.dtype])
+
+
+def assert_bit_identical(actual: torch.Tensor, expected: torch.Tensor):
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    mismatch = bits(actual) != bits(expected)
+    assert not mismatch.any(), f"{int(mismatch.sum())} elements differ, first at {mismatch.nonzero()[0].tolist()}"
+
+
+def check_against_reference(x: torch.Tensor, backend: str, ratio=None, k=None, mode="vol"):
+    x = x.to(DEVICE)
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype).to(DEVICE)
+    x_ref = x.detach().clone().requires_grad_()
+    x_dut = x.detach().clone().requires_grad_()
+    y_ref = kwta_reference(x_ref, ratio, k=k, mode=mode)
+    y_dut = kwta(x_dut, ratio, k=k, mode=mode, backend=backend)
+    assert_bit_identical(y_dut, y_ref)
+    y_ref.backward(grad_y)
+    y_dut.backward(grad_y)
+    assert_bit_identical(x_dut.grad, x_ref.grad)
+
+
+def special_values(shape, dtype, seed):
+    """Integer-valued (so full of ties) with NaN, +-inf and signed zeros sprinkled in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-4, 5, shape, generator=g).to(dtype)
+    flat = x.view(-1)
+    picks = torch.randperm(flat.numel(), generator=g)
+    specials = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, float("nan")]
+    flat[picks[: len(specials)]] = torch.tensor(specials, dtype=dtype)
+    return x
+
+
+SHAPES = [(3, 37), (2, 3, 5, 7), (4, 1), (1, 1), (2, 5, 1, 1), (3, 3, 11), (2, 16, 9, 9)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["vol", "channel"])
+def test_random_inputs_match_reference(backend, dtype, shape, mode):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+    for ratio in (0.1, 0.37, 1.0):
+        check_against_reference(x, backend, ratio=ratio, mode=mode)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 41), (2, 4, 3, 3), (2, 300)])
+def test_ties_nan_inf_signed_zeros_k_extremes(backend, dtype, shape):
+    x = special_values(shape, dtype, seed=len(shape))
+    n = row_shape(x.shape, "vol")[1]
+    for k in (1, 2, n // 3, n - 1, n):
+        check_against_reference(x, backend, k=k)
+
+
+def test_reference_semantics_by_hand():
+    x = torch.tensor([[3.0, float("nan"), 1.0, 3.0, -0.0, 0.0, -float("inf"), 2.0]])
+    # k = 3: NaN, 3, 3 are the three largest; t = 3 and both threes win, NaN propagates.
+    assert winner_mask(x, k=3).tolist() == [[True, True, False, True, False, False, False, False]]
+    # k = 6: t = 0.0, and -0.0 == +0.0 ties with it, so both zeros win.
+    assert winner_mask(x, k=6).tolist() == [[True, True, True, True, True, True, False, True]]
+    # k = 1: t = NaN; only NaN wins.
+    y = kwta_reference(x, k=1)
+    assert y.isnan().tolist() == x.isnan().tolist() and (y.nan_to_num() == 0).all()
+    assert resolve_k(10, 0.29, None) == 2 and resolve_k(3, 0.1, None) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_losers_are_positive_zero(backend):
+    x = -torch.arange(1.0, 17.0).view(2, 8).to(DEVICE)
+    y = kwta(x, k=2, backend=backend)
+    assert (bits(y[:, 2:]) == 0).all()  # +0.0, not -0.0 as x * mask would give
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_input(backend):
+    base = torch.randn(6, 4, 10, 12)
+    check_against_reference(base.transpose(2, 3), backend, ratio=0.2)
+    check_against_reference(base[:, ::2, :, 1:], backend, ratio=0.2, mode="channel")
+    check_against_reference(base.to(memory_format=torch.channels_last), backend, ratio=0.2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", [64, 256])
+def test_triton_split_rows_match_reference(monkeypatch, dtype, tile):
+    """Rows longer than a tile are split over programs that merge histograms with atomics."""
+    monkeypatch.setattr(triton_kwta, "TILE", tile)
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(tile)).to(dtype)
+    for k in (1, 500, 1000):
+        check_against_reference(x, "triton", k=k)
+    check_against_reference(special_values((2, 5, 7, 11), dtype, seed=3), "triton", ratio=0.25)
+
+
+@pytest.mark.parametrize("n", [4096, 4097, 9000])
+def test_triton_default_tile_boundary(n):
+    x = torch.randn(2, n, generator=torch.Generator().manual_seed(n))
+    check_against_reference(x, "triton", ratio=0.1)
+
+
+def test_cpu_float64_and_backends_share_one_mask_format():
+    x = torch.randn(3, 5, 7, dtype=torch.float64)
+    check_against_reference(x, "cpu", ratio=0.3)
+    rows = torch.randn(4, 77)
+    _, cpu_bits = torch.ops.kwta.cpu_forward(rows, 20)
+    _, triton_bits = torch.ops.kwta.triton_forward(rows, 20)
+    expected = winner_mask(rows, k=20)
+    unpacked = (cpu_bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    assert torch.equal(unpacked.view(4, -1)[:, :77].bool(), expected)
+    assert torch.equal(cpu_bits, triton_bits)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    # distinct, well separated values so finite differences never move an element across the threshold
+    x = (torch.randperm(2 * 3 * 4 * 5, generator=torch.Generator().manual_seed(0)).double() / 7).view(2, 3, 4, 5)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: kwta(t, 0.3, backend=backend), (x,), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_for_backward_is_the_bit_mask(backend):
+    x = torch.randn(4, 8, 6, 6, device=DEVICE, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        kwta(x, 0.2, backend=backend)
+    assert [(t.dtype, tuple(t.shape)) for t in saved] == [(torch.uint8, (4, 8 * 36 // 8))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_traces_one_graph(backend):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), KWTA(0.25, backend=backend), torch.nn.Flatten())
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    assert_bit_identical(y, model(x))
+
+
+def test_empty_batch_returns_empty():
+    for backend in ["reference", *BACKENDS]:
+        y = kwta(torch.empty(0, 3, 4, 4, device=DEVICE), 0.5, backend=backend)
+        assert y.shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "call, error, text",
+    [
+        (lambda x: kwta(x, 0.0), ValueError, "ratio"),
+        (lambda x: kwta(x, 1.5), ValueError, "ratio"),
+        (lambda x: kwta(x, -0.2), ValueError, "ratio"),
+        (lambda x: kwta(x, 0.5, k=3), ValueError, "exactly one"),
+        (lambda x: kwta(x), ValueError, "exactly one"),
+        (lambda x: kwta(x, k=0), ValueError, "k must"),
+        (lambda x: kwta(x, k=49), ValueError, "k must"),
+        (lambda x: kwta(x, k=2.0), ValueError, "k must"),
+        (lambda x: kwta(x[0, 0, 0], 0.5), ValueError, "at least 2 dims"),
+        (lambda x: kwta(x.long(), 0.5), TypeError, "floating"),
+        (lambda x: kwta(x, 0.5, mode="spatial"), ValueError, "mode"),
+        (lambda x: kwta(x, 0.5, backend="cuda"), ValueError, "backend"),
+        (lambda x: kwta(x.double(), 0.5, backend="triton"), TypeError, "triton"),
+        (lambda x: KWTA(0.5, mode="spatial"), ValueError, "mode"),
+        (lambda x: KWTA(), ValueError, "exactly one"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(call, error, text):
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(error, match=text):
+        call(x)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        kwta(torch.randn(2, 8), 0.5, backend="triton")
+
+
+def test_module_repr_ratio_schedule_and_replace_relu():
+    head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(inplace=True))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), head)
+    assert replace_relu(model, 0.2, mode="channel") == 2
+    layers = [m for m in model.modules() if isinstance(m, KWTA)]
+    assert len(layers) == 2 and not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert repr(layers[0]) == "KWTA(ratio=0.2, mode='channel', backend='auto')"
+    assert set_ratio(model, 0.1) == 2 and layers[1].ratio == 0.1
+    x = torch.randn(2, 1, 5, 5)
+    assert torch.equal(layers[0](x), kwta(x, 0.1, mode="channel"))
+    assert "k=3" in repr(KWTA(k=3))
+
+
+def test_auto_backend_dispatch():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    assert resolve_backend(x, "auto") == ("triton" if x.is_cuda else "cpu")
+    # the cpu path runs on a (rows, N) view of x, so its node sits under the view back to x's shape
+    assert type(kwta(x, 0.3).grad_fn.next_functions[0][0]).__name__ == "KWTAFunctionBackward"
+    assert type(kwta(x, 0.3, backend="reference").grad_fn).__name__ == "_ReferenceKWTABackward"
