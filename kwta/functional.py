@@ -119,5 +119,11 @@ def kwta(
         return kwta_reference(x, k=k, mode=mode)
     if x.numel() == 0:
         return x.clone()
+    if mode == "vol" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        # Each sample is still one contiguous block, in (H, W, C) order, and which elements win does
+        # not depend on their order: run on the storage as it lies and hand back a channels-last y.
+        rows = x.permute(0, 2, 3, 1).reshape(n_rows, n)
+        y, _ = KWTAFunction.apply(rows, k, backend)
+        return y.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2)
     y, _ = KWTAFunction.apply(x.reshape(n_rows, n).contiguous(), k, backend)
     return y.view(x.shape)
