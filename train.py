@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = distributed.init(args.device)
     except (ValueError, RuntimeError) as error:  # a device torch does not know, or CUDA absent
-        fail(f"--device: {error}")
+        fail(f"--device: {str(error).splitlines()[0]}")
     rank, world_size, is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
     on_cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = on_cuda
