@@ -156,7 +156,7 @@ def write_metrics(path: str, history: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
-def evaluate(model, loader, device, autocast) -> tuple[float, float]:
+def evaluate(model, loader, device, memory_format, autocast) -> tuple[float, float]:
     """(mean loss, accuracy) over this process's shard of the test set, summed over all processes."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -164,8 +164,9 @@ def evaluate(model, loader, device, autocast) -> tuple[float, float]:
     count = 0
     with torch.no_grad(), autocast():
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
             logits = model(images)
+            labels = labels.to(device, non_blocking=True)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
             correct += (logits.argmax(dim=1) == labels).sum()
             count += len(labels)
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         train_loss, train_correct, train_seen = distributed.all_reduce_sum(
             [loss_sum.item(), correct.item(), seen], device)
         train_seconds = time.perf_counter() - epoch_start
-        test_loss, test_acc = evaluate(model, test_loader, device, autocast)
+        test_loss, test_acc = evaluate(model, test_loader, device, memory_format, autocast)
 
         row = {
             "epoch": epoch + 1, "lr": lr, "ratio": ratio if args.activation == "kwta" else None,
