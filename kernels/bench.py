@@ -7,7 +7,10 @@ rotated every round, so drift (clock boost, other processes on a shared machine)
 figure is a median over rounds. On CUDA the times are CUDA events and the L2 cache is flushed (a 256 MB write) before
 each iteration, as triton.testing.do_bench does, so tensors smaller than L2 are not served from it. On CPU the times
 are time.perf_counter and nothing is flushed: in a network the activation was just written by the layer before, so
-it sits in a large L3 there too (read the CPU GB/s figures, copy's included, with that in mind).
+it sits in a large L3 there too (read the CPU GB/s figures, copy's included, with that in mind). On a CPU whose
+cores other jobs share, a multithreaded op waits at every parallel region for a descheduled thread (a scheduler
+slice, ~4-16 ms), which swamps short ops: there, `--threads 1 --clock process` times each op by the process's CPU
+time on one thread, which the other jobs do not inflate.
 
 Providers (rows are whole samples, mode="vol", k = max(1, int(ratio * N)) for N = C*H*W):
   topk       the original formula exactly as printed in the paper code's README (kwta_topk), autograd through it
@@ -23,9 +26,11 @@ one write of y, the least any k-WTA forward can move, as the Triton tutorials co
 what an implementation actually moves. A provider's GB/s is therefore its speed expressed against that floor, and
 triton's GB/s over copy's is the fraction of copy bandwidth it reaches. What each moves per float32 element (about):
   copy, relu  forward 8 (read x, write y); relu's backward 12 (read grad_y and its saved y, write grad_x).
-  cpu         forward ~20 plus the selection: read x, write 4-byte keys, introselect over the keys (a few passes),
+  cpu         forward ~16 plus the selection: read x, write 4-byte keys, introselect over the keys (a few passes),
               read x again (mostly from cache), write y and a 1/8-byte mask bit; backward 8.125 (grad_y, mask, grad_x).
-  triton      forward 8.125 at best (see kernels/triton_kwta.py for its radix passes); backward 8.125.
+  triton      forward 8.125 on rows of up to one tile (read x, write y and the mask bit); longer rows are split
+              and re-read x once per radix pass, up to 4 * 4 + 4.125 = 20.125 (kernels/triton_kwta.py, mostly L2
+              hits on a GPU); backward 8.125.
   topk        forward ~34 plus topk itself: topk reads x and writes k values and k int64 indices, repeat writes a
               full-size float threshold (4), x >= topval reads 8 and writes 1, .to(x) reads 1 and writes 4, comp * x
               reads 8 and writes 4; backward 12 (grad_y and the saved float comp, write grad_x).
@@ -147,11 +152,20 @@ def available_providers(device: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- timing
 
 
-class _Clock:
-    """Times a forward and a backward on the benchmark's device."""
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
-    def __init__(self, device: str):
+
+class _Clock:
+    """Times a forward and a backward on the benchmark's device.
+
+    On CPU, clock="wall" reads time.perf_counter; clock="process" reads the CPU time of the whole process, which
+    a scheduler that hands the cores to other jobs does not inflate. With one thread that is the op's own cost;
+    with more it sums the threads (spin-waits included), so main() asks for --threads 1 with it.
+    """
+
+    def __init__(self, device: str, clock: str = "wall"):
         self.cuda = device == "cuda"
+        self.now = CLOCKS[clock]
         if self.cuda:
             self.l2_flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
             self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
@@ -170,12 +184,12 @@ class _Clock:
             end.synchronize()
             forward = start.elapsed_time(mid) / 1e3
             return forward, math.nan if forward_only else mid.elapsed_time(end) / 1e3
-        start = time.perf_counter()
+        start = self.now()
         y = fn(x)
-        mid = time.perf_counter()
+        mid = self.now()
         if not forward_only:
             torch.autograd.grad(y, x, grad_y)
-        end = time.perf_counter()
+        end = self.now()
         return mid - start, math.nan if forward_only else end - mid
 
 
@@ -187,13 +201,13 @@ class Timing:
 
 
 def time_providers(
-    functions: dict[str, Callable], x: torch.Tensor, grad_y: torch.Tensor, clock: _Clock, repeats: int, warmup: int
+    functions: dict[str, Callable], x: torch.Tensor, grad_y: torch.Tensor, timer: _Clock, repeats: int, warmup: int
 ) -> dict[str, Timing]:
     """Median times of every provider on x, interleaved round-robin with the order rotated each round."""
     names = list(functions)
     for name in names:
         for _ in range(warmup):
-            clock.iteration(functions[name], x, grad_y, name in FORWARD_ONLY)
+            timer.iteration(functions[name], x, grad_y, name in FORWARD_ONLY)
     samples = {name: [] for name in names}
     gc.collect()
     gc.disable()  # a collection landing inside one provider's iteration would be charged to it alone
@@ -201,7 +215,7 @@ def time_providers(
         for round_index in range(repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name].append(clock.iteration(functions[name], x, grad_y, name in FORWARD_ONLY))
+                samples[name].append(timer.iteration(functions[name], x, grad_y, name in FORWARD_ONLY))
     finally:
         gc.enable()
     return {
@@ -282,6 +296,8 @@ class OpResult:
     saved_bytes_per_element: float
     kept_bytes_per_element: float
     repeats: int
+    clock: str
+    threads: int
 
 
 @dataclass
@@ -299,6 +315,8 @@ class SweepResult:
     forward_backward_ns_per_element: float
     forward_gbps: float
     repeats: int
+    clock: str
+    threads: int
 
 
 @dataclass
@@ -311,6 +329,8 @@ class ModelResult:
     step_ms: float
     x_relu: float
     repeats: int
+    clock: str
+    threads: int
 
 
 def _random_input(shape, dtype, device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,15 +353,16 @@ def bench_shapes(
     device: str,
     repeats: int,
     warmup: int,
+    clock: str = "wall",
 ) -> list[OpResult]:
     """Forward, backward and forward+backward medians and saved bytes of every provider on every shape."""
-    clock = _Clock(device)
+    timer = _Clock(device, clock)
     functions = {name: provider_function(name, ratio) for name in providers}
     results = []
     for seed, shape in enumerate(shapes):
         x, grad_y = _random_input(shape, dtype, device, seed)
         row_length = math.prod(shape[1:])
-        timings = time_providers(functions, x, grad_y, clock, repeats, warmup)
+        timings = time_providers(functions, x, grad_y, timer, repeats, warmup)
         relu = timings.get("relu")
         floor_bytes = 2 * x.element_size() * x.numel()
         for name, timing in timings.items():
@@ -366,6 +387,8 @@ def bench_shapes(
                     saved_bytes_per_element=saved,
                     kept_bytes_per_element=kept,
                     repeats=repeats,
+                    clock=clock,
+                    threads=torch.get_num_threads(),
                 )
             )
     return results
@@ -381,16 +404,17 @@ def bench_sweep(
     device: str,
     repeats: int,
     warmup: int,
+    clock: str = "wall",
 ) -> list[SweepResult]:
     """Time per element against row length at a fixed total size (rows = total // row length)."""
-    clock = _Clock(device)
+    timer = _Clock(device, clock)
     functions = {name: provider_function(name, ratio) for name in providers}
     results = []
     for seed, row_length in enumerate(row_lengths):
         rows = max(1, total_elements // row_length)
         # (rows, N, 1, 1): 4-D so the topk formula, which reads three trailing dims, runs unchanged
         x, grad_y = _random_input((rows, row_length, 1, 1), dtype, device, seed)
-        timings = time_providers(functions, x, grad_y, clock, repeats, warmup)
+        timings = time_providers(functions, x, grad_y, timer, repeats, warmup)
         for name, timing in timings.items():
             results.append(
                 SweepResult(
@@ -407,6 +431,8 @@ def bench_sweep(
                     forward_backward_ns_per_element=timing.forward_backward_s * 1e9 / x.numel(),
                     forward_gbps=2 * x.element_size() * x.numel() / timing.forward_s / 1e9,
                     repeats=repeats,
+                    clock=clock,
+                    threads=torch.get_num_threads(),
                 )
             )
     return results
@@ -429,7 +455,9 @@ def build_benchmark_models(ratio: float) -> dict[str, nn.Module]:
     return models
 
 
-def bench_model(*, ratio: float, batch: int, device: str, repeats: int, warmup: int) -> list[ModelResult]:
+def bench_model(
+    *, ratio: float, batch: int, device: str, repeats: int, warmup: int, clock: str = "wall"
+) -> list[ModelResult]:
     """Median ms per training step (forward, backward, SGD step) of each model, interleaved round-robin."""
     models = build_benchmark_models(ratio)
     generator = torch.Generator().manual_seed(0)
@@ -447,14 +475,16 @@ def bench_model(*, ratio: float, batch: int, device: str, repeats: int, warmup: 
 
         steps[name] = step
 
+    now = CLOCKS[clock]
+
     def timed(step) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = now()
         step()
         if device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return now() - start
 
     names = list(steps)
     for name in names:
@@ -476,6 +506,8 @@ def bench_model(*, ratio: float, batch: int, device: str, repeats: int, warmup: 
             step_ms=median * 1e3,
             x_relu=median / medians["relu"],
             repeats=repeats,
+            clock=clock,
+            threads=torch.get_num_threads(),
         )
         for name, median in medians.items()
     ]
@@ -581,6 +613,7 @@ def write_csv_atomic(path: str, rows: Sequence) -> None:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _csv_value(v) for k, v in asdict(row).items()})
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; results are for everyone to read
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -599,6 +632,7 @@ def write_json_atomic(path: str, data: dict) -> None:
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     with os.fdopen(handle, "w") as file:
         json.dump(data, file, indent=2)
+    os.chmod(temporary, 0o644)
     os.replace(temporary, path)
 
 
@@ -672,6 +706,7 @@ def environment(device: str) -> dict:
         "numpy": numpy.__version__,
         "numba": numba.__version__,
         "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
         "cpu": _cpu_name(),
     }
     try:
@@ -736,6 +771,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-batch", type=int, default=128, help="batch of the model benchmark (default 128)")
     parser.add_argument("--model-ratio", type=float, default=0.2, help="k-WTA ratio in the models (default 0.2)")
     parser.add_argument("--model-repeats", type=int, help="timed steps per model (default 5 on CPU, 30 on CUDA)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and numba (default: their own default); "
+                        "1 keeps timings meaningful on a machine whose cores other jobs share")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="CPU only: 'wall' (perf_counter, default) or 'process' (the process's CPU time, which "
+                        "other jobs on shared cores do not inflate; needs --threads 1)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     parser.add_argument("--out", default="results/bench", help="directory for the CSVs (default results/bench)")
     args = parser.parse_args(argv)
@@ -744,10 +784,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda: torch sees no CUDA device")
     if not 0 < args.ratio <= 1 or not 0 < args.model_ratio <= 1:
         parser.error("--ratio and --model-ratio must be in (0, 1]")
-    for name in ("repeats", "warmup", "sweep_total", "model_repeats"):
+    for name in ("repeats", "warmup", "sweep_total", "model_repeats", "threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.clock == "process" and (args.device != "cpu" or args.threads != 1):
+        parser.error("--clock process needs --device cpu and --threads 1 (it sums CPU time over threads)")
     if args.model_batch < 1:
         parser.error(f"--model-batch must be positive, got {args.model_batch}")
     runnable = available_providers(args.device)
@@ -781,40 +823,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     dtype = DTYPES[args.dtype]
-    info = environment(args.device)
+    if args.threads is not None:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    info = environment(args.device) | {"clock": args.clock}
     print(" ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"ratio={args.ratio} dtype={args.dtype} repeats={args.repeats} warmup={args.warmup} "
+    print(f"ratio={args.ratio} dtype={args.dtype} repeats={args.repeats} warmup={args.warmup} clock={args.clock} "
           f"providers={','.join(args.providers)}")
     write_json_atomic(os.path.join(args.out, f"environment-{args.device}.json"), info)
 
     ops, sweep, model = [], [], []
     if not args.skip_shapes:
         ops = bench_shapes(args.shapes, args.providers, ratio=args.ratio, dtype=dtype, device=args.device,
-                           repeats=args.repeats, warmup=args.warmup)
+                           repeats=args.repeats, warmup=args.warmup, clock=args.clock)
         path = os.path.join(args.out, f"ops-{args.device}.csv")
         write_csv_atomic(path, ops)
         print(f"\nmedians over {args.repeats} interleaved rounds; GB/s counts {2 * dtype.itemsize} bytes per "
               f"element (read x, write y); saved/kept: bytes packed for backward per element\n")
         print(format_ops_table(ops))
-        print(f"-> {path}")
+        print(f"-> {path}", flush=True)  # progress shows in a log while the next part runs
     if args.sweep:
         sweep = bench_sweep(args.sweep_row_lengths, args.providers, total_elements=args.sweep_total,
                             ratio=args.ratio, dtype=dtype, device=args.device, repeats=args.repeats,
-                            warmup=args.warmup)
+                            warmup=args.warmup, clock=args.clock)
         path = os.path.join(args.out, f"sweep-{args.device}.csv")
         write_csv_atomic(path, sweep)
         print(f"\nrow-length sweep at {args.sweep_total} elements, medians over {args.repeats} interleaved rounds")
         print(format_sweep_table(sweep))
-        print(f"-> {path}")
+        print(f"-> {path}", flush=True)  # progress shows in a log while the next part runs
     if args.model:
         model = bench_model(ratio=args.model_ratio, batch=args.model_batch, device=args.device,
-                            repeats=args.model_repeats, warmup=1 if args.quick else 2)
+                            repeats=args.model_repeats, warmup=1 if args.quick else 2, clock=args.clock)
         path = os.path.join(args.out, f"model-{args.device}.csv")
         write_csv_atomic(path, model)
         print(f"\ntraining step (forward, backward, SGD), batch {args.model_batch} of 32x32x3, medians over "
               f"{args.model_repeats} interleaved steps")
         print(format_model_table(model))
-        print(f"-> {path}")
+        print(f"-> {path}", flush=True)  # progress shows in a log while the next part runs
 
     targets = check_targets(ops, sweep, model, args.device)
     if targets:

@@ -10,6 +10,7 @@ model-<device>.csv: milliseconds per training step. Each PNG is saved next to th
 import argparse
 import csv
 import glob
+import json
 import math
 import os
 import sys
@@ -33,8 +34,19 @@ PROVIDER_COLORS = {
 
 
 def read_rows(path: str) -> list[dict]:
+    """The CSV's rows; a CSV from before the clock and threads columns gets them from its environment JSON."""
     with open(path, newline="") as file:
-        return list(csv.DictReader(file))
+        rows = list(csv.DictReader(file))
+    if rows and "clock" not in rows[0]:
+        environment_path = os.path.join(os.path.dirname(path), f"environment-{rows[0]['device']}.json")
+        environment = {}
+        if os.path.isfile(environment_path):
+            with open(environment_path) as file:
+                environment = json.load(file)
+        for row in rows:
+            row["clock"] = environment.get("clock", "wall")
+            row["threads"] = str(environment.get("torch_threads", ""))
+    return rows
 
 
 def _number(text: str) -> float:
@@ -42,7 +54,14 @@ def _number(text: str) -> float:
 
 
 def _describe(row: dict) -> str:
-    return f"{row['device']}, {row['dtype']}, ratio {row['ratio']}"
+    return f"{row['device']}, {row['dtype']}, ratio {row['ratio']}, {_clock(row)}"
+
+
+def _clock(row: dict) -> str:
+    """How the times were taken: wall clock or the process's CPU time, on how many threads."""
+    threads = f", {row['threads']} thread{'s' if row['threads'] != '1' else ''}" if row.get("threads") else ""
+    kind = "process CPU time" if row.get("clock") == "process" else "wall clock"
+    return kind + threads
 
 
 def plot_ops(csv_path: str) -> str:
@@ -109,7 +128,8 @@ def plot_model(csv_path: str) -> str:
                       ha="center", va="bottom", fontsize=9)
     axis.set_ylabel("median time per training step (ms)")
     axis.set_xlabel("activation")
-    axis.set_title(f"{rows[0]['arch']} training step, batch {rows[0]['batch']} ({rows[0]['device']})")
+    first = rows[0]
+    axis.set_title(f"{first['arch']} training step, batch {first['batch']}\n({first['device']}, {_clock(first)})")
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save(figure, csv_path)

@@ -57,6 +57,13 @@ def test_quick_run_reports_every_provider_with_positive_times(quick_run, capsys)
     assert not list(out.glob(".tmp-*")), "a temporary file of the atomic write was left behind"
 
 
+def test_process_clock_times_every_provider():
+    results = bench.bench_shapes([(2, 4, 4, 4)], ("cpu", "relu"), ratio=0.25, dtype=torch.float32, device="cpu",
+                                 repeats=2, warmup=1, clock="process")
+    assert [r.provider for r in results] == ["cpu", "relu"]
+    assert all(r.forward_ms >= 0 and r.backward_ms >= 0 for r in results)
+
+
 def test_plots_are_drawn_next_to_their_csvs(quick_run):
     from plots import bench as bench_plots
 
@@ -141,7 +148,7 @@ def _op(shape, provider, forward_backward_ms, *, forward_ms=1.0, gbps=1.0, saved
         device="cpu", dtype="float32", shape=shape, rows=1, row_length=row_length, ratio=0.1, k=1,
         provider=provider, forward_ms=forward_ms, backward_ms=1.0, forward_backward_ms=forward_backward_ms,
         forward_x_relu=math.nan, backward_x_relu=math.nan, forward_backward_x_relu=math.nan, forward_gbps=gbps,
-        saved_bytes_per_element=saved, kept_bytes_per_element=saved, repeats=1,
+        saved_bytes_per_element=saved, kept_bytes_per_element=saved, repeats=1, clock="wall", threads=1,
     )
 
 
@@ -177,7 +184,13 @@ def test_triton_bandwidth_target_counts_only_long_rows():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--providers", "nope"], ["--providers", "triton", "--device", "cpu"], ["--ratio", "0"], ["--shapes", "2x3"]],
+    [
+        ["--providers", "nope"],
+        ["--providers", "triton", "--device", "cpu"],
+        ["--ratio", "0"],
+        ["--shapes", "2x3"],
+        ["--clock", "process"],  # CPU time sums threads, so it needs --threads 1
+    ],
 )
 def test_bad_arguments_exit_with_a_usage_error(argv):
     with pytest.raises(SystemExit) as exit_info:
