@@ -50,20 +50,22 @@ def _keys_kernel(x_bits, abs_mask, inf, keys):
 
 @numba.njit(inline="always")
 def _mask_row(row, threshold, abs_mask, inf, out, packed_row):
-    n = row.shape[0]
-    for byte in range(packed_row.shape[0]):
+    full_bytes = row.shape[0] // 8
+    for byte in range(full_bytes):
         packed = 0
-        if 8 * byte + 8 <= n:
-            for bit in range(8):  # a constant trip count: LLVM unrolls it and keeps it branch-free
-                win = _order_key(row[8 * byte + bit], abs_mask, inf) >= threshold
-                out[8 * byte + bit] = row[8 * byte + bit] if win else 0
-                packed |= np.int64(win) << bit
-        else:
-            for i in range(8 * byte, n):
-                win = _order_key(row[i], abs_mask, inf) >= threshold
-                out[i] = row[i] if win else 0
-                packed |= np.int64(win) << (i - 8 * byte)
+        for bit in range(8):  # a constant trip count and no branch: LLVM unrolls and vectorises it
+            i = 8 * byte + bit
+            win = np.int64(_order_key(row[i], abs_mask, inf) >= threshold)
+            out[i] = row[i] & -win  # all ones or zero: a branch-free select
+            packed |= win << bit
         packed_row[byte] = packed
+    if full_bytes < packed_row.shape[0]:
+        packed = 0
+        for i in range(8 * full_bytes, row.shape[0]):
+            win = np.int64(_order_key(row[i], abs_mask, inf) >= threshold)
+            out[i] = row[i] & -win
+            packed |= win << (i - 8 * full_bytes)
+        packed_row[full_bytes] = packed
 
 
 @numba.njit(parallel=True, cache=True)
@@ -76,15 +78,13 @@ def _mask_kernel(x_bits, thresholds, abs_mask, inf, y_bits, winner_bits):
 
 @numba.njit(inline="always")
 def _unmask_row(grad, packed_row, out):
-    n = grad.shape[0]
-    for byte in range(packed_row.shape[0]):
+    full_bytes = grad.shape[0] // 8
+    for byte in range(full_bytes):
         packed = packed_row[byte]
-        if 8 * byte + 8 <= n:
-            for bit in range(8):
-                out[8 * byte + bit] = grad[8 * byte + bit] if (packed >> bit) & 1 else 0
-        else:
-            for i in range(8 * byte, n):
-                out[i] = grad[i] if (packed >> (i - 8 * byte)) & 1 else 0
+        for bit in range(8):
+            out[8 * byte + bit] = grad[8 * byte + bit] & -np.int64((packed >> bit) & 1)
+    for i in range(8 * full_bytes, grad.shape[0]):
+        out[i] = grad[i] & -np.int64((packed_row[full_bytes] >> (i - 8 * full_bytes)) & 1)
 
 
 @numba.njit(parallel=True, cache=True)
