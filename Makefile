@@ -2,7 +2,17 @@
 PY := .venv/bin/python
 STAMP := .venv/.requirements-installed
 
-.PHONY: setup test lint bench
+.PHONY: setup demo paper test lint bench
+
+# The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
+demo: setup
+	$(PY) scripts/demo.py
+
+# The replication's whole grid on CIFAR-10 and SVHN: make paper DATA_DIR=/data GPUS=0,1,2,3
+DATA_DIR ?= data
+GPUS ?= 0
+paper: setup
+	$(PY) scripts/paper.py --data-dir $(DATA_DIR) --gpus $(GPUS)
 
 # setup also installs Debian's dataset-fashion-mnist (real data that works offline) when root and it is missing.
 setup: $(STAMP)

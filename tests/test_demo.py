@@ -1,0 +1,28 @@
+"""`make demo` end to end on a tiny budget: every step runs, the summary is written, a re-run reuses it all."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "4",
+        "--es-steps", "2", "--es-samples", "2", "--eot-steps", "2", "--eot-samples", "2", "--landscape-steps", "3",
+        "--device", "cpu"]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+def test_demo_runs_every_step_and_reuses_them(tmp_path):
+    command = [sys.executable, "scripts/demo.py", "--out", str(tmp_path), *TINY]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    for row in ("| ReLU |", "| k-WTA-0.2 |", "| k-WTA-0.1 |"):
+        assert row in summary
+    assert "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |" in summary
+    for figure in ("landscape.png", "landscape.npz", "curves.png"):
+        assert (tmp_path / figure).stat().st_size > 0
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "[run]" not in second.stdout and second.stdout.count("[done]") == 8
