@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         surface_axis.plot_surface(a, b, slice_.loss, cmap="viridis", norm=norm, rstride=1, cstride=1,
                                   linewidth=0, antialiased=False)
         surface_axis.set_zlim(low, high)
-        surface_axis.set_title(f"{run['label']}\nroughness {slice_.roughness:.4f}", fontsize=12)
+        surface_axis.set_title(f"{run['label']}\nroughness {slice_.roughness:.4f}, clean loss {slice_.clean_loss:.3g}",
+                               fontsize=12)
         surface_axis.set_xlabel("gradient sign (L∞)", fontsize=9, labelpad=6)
         surface_axis.set_ylabel("random ±1 (L∞)", fontsize=9, labelpad=6)
         surface_axis.set_zlabel("cross-entropy (nats)", fontsize=9, labelpad=6)
@@ -167,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     first = runs[0]
     figure.suptitle(
         f"Loss around {first['spec']['dataset']} test image {args.image_index[0]} (label {shown[0].label}), "
-        f"{first['spec']['arch']}: {args.steps} x {args.steps} grid over ±{first['radius']:g} per axis"
+        f"{first['spec']['arch']}\n{args.steps} x {args.steps} grid over ±{first['radius']:g} (L∞) per axis"
         + (", clamped to [0, 1]" if not args.no_clamp else ""),
         fontsize=13,
     )
-    figure.subplots_adjust(left=0.07, right=0.93, top=0.9, bottom=0.07, wspace=0.35, hspace=0.15)
+    figure.subplots_adjust(left=0.07, right=0.93, top=0.88, bottom=0.07, wspace=0.35, hspace=0.15)
 
     # Results: the figure, the grids it was drawn from, and the roughness table.
     arrays = dict(
