@@ -6,8 +6,8 @@ loss landscapes and the curves, and write results/demo/summary.md.
     python scripts/demo.py --epochs 10 --train-subset 60000 --n-images 320    # a bigger run (GPU)
 
 The defaults aim at about 20 minutes on 2 CPU cores: 3,000 training images for 3 epochs, 1,000 test
-images, 32 attacked images, and the adaptive attacks cut down (es 10 steps of up to 20 pairs, eot 20
-steps of 4 draws); the summary states every setting. A second run reuses every finished step
+images, 32 attacked images, and the adaptive attacks cut down (es 10 steps of up to 20 pairs, eot 4
+draws per step); the summary states every setting. A second run reuses every finished step
 (checkpoints, attack results, figures) and resumes a half-trained network.
 """
 
@@ -43,13 +43,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-images", type=int, default=32, help="test images attacked per model")
     parser.add_argument("--es-steps", type=int, default=10)
     parser.add_argument("--es-samples", type=int, default=20)
-    parser.add_argument("--eot-steps", type=int, default=20)
     parser.add_argument("--eot-samples", type=int, default=4)
     parser.add_argument("--landscape-steps", type=int, default=21)
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run")
     args = parser.parse_args()
     for name in ("train_subset", "test_subset", "epochs", "batch_size", "n_images", "es_steps", "es_samples",
-                 "eot_steps", "eot_samples", "landscape_steps"):
+                 "eot_samples", "landscape_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.lr <= 0:
@@ -83,7 +82,7 @@ def build_steps(args, out: Path) -> list[Step]:
                 "attack.py", "--checkpoint", out / "runs" / name / "checkpoint.pt", "--attacks", attacks,
                 *(["--source-checkpoint", relu_checkpoint] if name != "relu" else []),
                 "--n-images", args.n_images, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
-                "--eot-steps", args.eot_steps, "--eot-samples", args.eot_samples, "--device", args.device,
+                "--eot-samples", args.eot_samples, "--device", args.device,
                 "--out", out / "attacks" / f"{name}.json", *data,
             ),
             done=out / "attacks" / f"{name}.json",
@@ -127,7 +126,7 @@ def write_summary(args, out: Path, seconds: float) -> Path:
         f"(x0.1 for the last epoch), momentum 0.9; test accuracy on {args.test_subset} test images.",
         f"Attacks: L-inf eps {eps:g} on the first {args.n_images} test images; PGD 40 steps of 2.5*eps/40 "
         f"(foolbox LinfPGD), DeepFool 20 steps (foolbox), es {args.es_steps} steps of up to {args.es_samples} "
-        f"antithetic pairs, eot {args.eot_steps} steps of {args.eot_samples} draws, transfer = PGD on the ReLU model.",
+        f"antithetic pairs, eot 40 steps of {args.eot_samples} draws, transfer = PGD on the ReLU model.",
         f"Small-sample figures (one image is 1/{args.n_images} of a column): read them for their direction.",
         "",
         "## Robust accuracy (an image counts only if classified correctly and the attack failed)",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "4",
-        "--es-steps", "2", "--es-samples", "2", "--eot-steps", "2", "--eot-samples", "2", "--landscape-steps", "3",
+TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "2",
+        "--es-steps", "2", "--es-samples", "2", "--eot-samples", "1", "--landscape-steps", "3",
         "--device", "cpu"]
 
 
