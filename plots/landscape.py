@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-clamp", action="store_true", help="do not clip grid points to [0, 1]")
     parser.add_argument("--batch-size", type=int, default=125, help="grid points per forward pass (default 125)")
     parser.add_argument("--data-dir", help="where the dataset lives (as train.py; fashion-mnist: Debian's files)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         parser.error(f"--labels gives {len(args.labels)} titles for {len(args.checkpoints)} checkpoints")
@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # Setup: every model, and the test images each one is sliced around (datasets loaded once per kind).
     try:
-        device = torch.device(args.device)
+        auto_device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(auto_device if args.device == "auto" else args.device)
+    except RuntimeError as error:
+        fail(f"--device: {error}")
+    try:
         runs, test_sets = [], {}
         for index, path in enumerate(args.checkpoints):
             model, checkpoint = load_model(path, device)
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             radius = args.radius if args.radius is not None else DEFAULT_EPS[spec["dataset"]]
             runs.append(dict(path=path, model=model, spec=spec, adv_train=adv_train, label=label, radius=radius,
                              test_set=test_sets[key]))
-    except (ValueError, OSError, RuntimeError) as error:  # a bad checkpoint or device, a missing dataset
+    except (ValueError, OSError, RuntimeError) as error:  # a bad checkpoint, a missing dataset, CUDA absent
         fail(error)
 
     # The slices: every checkpoint around every image.
