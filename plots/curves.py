@@ -71,14 +71,20 @@ def read_metrics(path: str) -> dict[str, list[float]]:
 
 
 def read_attacks(path: str) -> tuple[str, dict[str, dict[float, float]]]:
-    """(run name, {attack: {eps: accuracy}}) from one attack.py JSON; eps 0 is the clean accuracy."""
+    """(run name, {attack: {eps: accuracy}}) from one attack.py JSON; eps 0 is the clean accuracy.
+
+    worst_case is left out when the file holds one attack: it is that attack's curve again.
+    """
     with open(path) as file:
         try:
             summary = json.load(file)
             clean = float(summary["clean_accuracy"])
             by_attack: dict[str, dict[float, float]] = {}
             for result in summary["results"]:
+                single_attack = len([name for name in result["accuracy"] if name != "worst_case"]) == 1
                 for attack, accuracy in result["accuracy"].items():
+                    if attack == "worst_case" and single_attack:
+                        continue
                     by_attack.setdefault(attack, {0.0: clean})[float(result["eps"])] = float(accuracy)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path}: not an attack.py results file ({type(error).__name__}: {error})") from None

@@ -126,8 +126,8 @@ def write_metrics(path, test_acc: list[float]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def write_attack(path, checkpoint: str, clean: float, accuracy_by_eps: dict[float, float]) -> None:
-    results = [{"eps": eps, "accuracy": {"pgd": acc, "worst_case": acc}, "seconds": {"pgd": 1.0}}
+def write_attack(path, checkpoint: str, clean: float, accuracy_by_eps: dict[float, float], attacks=("pgd",)):
+    results = [{"eps": eps, "accuracy": {**{name: acc for name in attacks}, "worst_case": acc}, "seconds": {}}
                for eps, acc in accuracy_by_eps.items()]
     path.write_text(json.dumps({"checkpoint": checkpoint, "spec": {}, "eps": list(accuracy_by_eps),
                                 "clean_accuracy": clean, "results": results}))
@@ -138,7 +138,7 @@ def test_curves_script(tmp_path):
     write_metrics(tmp_path / "runs" / "fm-relu" / "metrics.jsonl", [0.4, 0.7])
     write_attack(tmp_path / "a.json", "runs/fm-kwta/checkpoint.pt", 0.8, {0.1: 0.5, 0.03: 0.7})
     write_attack(tmp_path / "b.json", "runs/fm-kwta/checkpoint.pt", 0.8, {0.2: 0.4})
-    write_attack(tmp_path / "c.json", "runs/fm-relu/checkpoint.pt", 0.9, {0.1: 0.0})
+    write_attack(tmp_path / "c.json", "runs/fm-relu/checkpoint.pt", 0.9, {0.1: 0.0}, attacks=("pgd", "es"))
     out = tmp_path / "curves.png"
     run_script("curves.py", "--metrics", "runs/fm-kwta/metrics.jsonl", "runs/fm-relu/metrics.jsonl",
                "--attacks", "a.json", "b.json", "c.json", "--out", out, cwd=tmp_path)
@@ -151,6 +151,8 @@ def test_curves_script(tmp_path):
     kwta_pgd = data["robustness"]["fm-kwta"]["pgd"]
     assert kwta_pgd == {"eps": [0.0, 0.03, 0.1, 0.2], "accuracy": [0.8, 0.7, 0.5, 0.4]}
     assert data["robustness"]["fm-relu"]["worst_case"] == {"eps": [0.0, 0.1], "accuracy": [0.9, 0.0]}
+    assert sorted(data["robustness"]["fm-relu"]) == ["es", "pgd", "worst_case"]
+    assert "worst_case" not in data["robustness"]["fm-kwta"]  # one attack: worst case would repeat it
 
 
 def test_curves_script_names_the_bad_line(tmp_path):
