@@ -58,16 +58,10 @@ from kwta.attacks import (
     vanishing_gradients,
 )
 from kwta.checkpoint import atomic_write, load_model
+from kwta.cli import positive_int
 from kwta.data import DEFAULT_EPS, get_datasets
 
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def epsilon(text: str) -> float:

@@ -25,6 +25,7 @@ from kernels.reference import MODES
 from kwta import distributed
 from kwta.adversarial import pgd_linf
 from kwta.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from kwta.cli import positive_int, unit_interval
 from kwta.data import DATASETS, DEFAULT_EPS, get_datasets
 from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model
 from kwta.modules import set_ratio
@@ -34,27 +35,13 @@ RESUME_MUST_MATCH = ("arch", "dataset", "activation", "ratio", "mode", "ratio_sc
                      "batch_size", "seed", "train_subset", "adv_train")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def ratio_value(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def ratio_schedule(text: str) -> tuple[float, float, float, int]:
     """START:END:STEP:EVERY, e.g. 0.2:0.1:0.005:2 (the paper's incremental sparsity)."""
     parts = text.split(":")
     if len(parts) != 4:
         raise argparse.ArgumentTypeError(f"expected START:END:STEP:EVERY, got {text!r}")
     try:
-        start, end, step, every = ratio_value(parts[0]), ratio_value(parts[1]), float(parts[2]), int(parts[3])
+        start, end, step, every = unit_interval(parts[0]), unit_interval(parts[1]), float(parts[2]), int(parts[3])
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"expected START:END:STEP:EVERY numbers, got {text!r} ({error})") from None
     if step <= 0 or every < 1:
@@ -84,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHS, default="resnet18")
     model.add_argument("--activation", choices=ACTIVATIONS, default="kwta")
-    model.add_argument("--ratio", type=ratio_value, default=0.2, help="k-WTA sparsity ratio (default 0.2)")
+    model.add_argument("--ratio", type=unit_interval, default=0.2, help="k-WTA sparsity ratio (default 0.2)")
     model.add_argument("--mode", choices=MODES, default="vol", help="k-WTA rows: whole sample or per channel")
     model.add_argument("--ratio-schedule", type=ratio_schedule, metavar="START:END:STEP:EVERY",
                        help="incremental sparsity, e.g. 0.2:0.1:0.005:2 (overrides --ratio)")

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kwta, run as plots/fit1d.py
+from kwta.cli import positive_int, unit_interval  # noqa: E402
 from kwta.figures import save_figure  # noqa: E402
 from kwta.modules import KWTA  # noqa: E402
 
@@ -37,20 +38,6 @@ COLORS = {"target": "#2ca02c", "points": "#d62728", "fit": "#1f77b4"}
 
 def target_function(x: np.ndarray) -> np.ndarray:
     return np.sin(2.5 * np.pi * x) * np.exp(-x**2) + 0.3 * x
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kwta, run as plots/landscape.py
 from kwta.checkpoint import load_model  # noqa: E402
+from kwta.cli import positive_float  # noqa: E402
 from kwta.data import DEFAULT_EPS, get_datasets  # noqa: E402
 from kwta.figures import save_figure  # noqa: E402
 from kwta.landscape import loss_landscape, roughness  # noqa: E402
@@ -40,13 +41,6 @@ def odd_steps(text: str) -> int:
     value = int(text)
     if value < 3 or value % 2 == 0:
         raise argparse.ArgumentTypeError(f"must be an odd integer >= 3 (the grid's centre is the image), got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
