@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kwta.attacks import format_table, table_row  # noqa: E402
 from kwta.checkpoint import atomic_write  # noqa: E402
+from kwta.cli import positive_float, positive_int  # noqa: E402
 from kwta.pipeline import Step, python_command, run_steps  # noqa: E402
 
 MODELS = [("relu", "relu", None), ("kwta-0.2", "kwta", 0.2), ("kwta-0.1", "kwta", 0.1)]
@@ -35,25 +36,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)")
     parser.add_argument("--download", action="store_true", help="download Fashion-MNIST into --data-dir")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-subset", type=int, default=3000)
-    parser.add_argument("--test-subset", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--n-images", type=int, default=32, help="test images attacked per model")
-    parser.add_argument("--es-steps", type=int, default=10)
-    parser.add_argument("--es-samples", type=int, default=20)
-    parser.add_argument("--eot-samples", type=int, default=4)
-    parser.add_argument("--landscape-steps", type=int, default=21)
+    parser.add_argument("--train-subset", type=positive_int, default=3000)
+    parser.add_argument("--test-subset", type=positive_int, default=1000)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=0.05)
+    parser.add_argument("--n-images", type=positive_int, default=32, help="test images attacked per model")
+    parser.add_argument("--es-steps", type=positive_int, default=10)
+    parser.add_argument("--es-samples", type=positive_int, default=20)
+    parser.add_argument("--eot-samples", type=positive_int, default=4)
+    parser.add_argument("--landscape-steps", type=positive_int, default=21)
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run")
-    args = parser.parse_args()
-    for name in ("train_subset", "test_subset", "epochs", "batch_size", "n_images", "es_steps", "es_samples",
-                 "eot_samples", "landscape_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if args.lr <= 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
-    return args
+    return parser.parse_args()
 
 
 def build_steps(args, out: Path) -> list[Step]:
