@@ -5,7 +5,7 @@ Each float is read as its raw bits and mapped to an integer key of the same widt
     key = +|x|bits for x >= 0,   -|x|bits for x < 0,   |inf|bits + 1 for NaN,
 so -0.0 and +0.0 share key 0, NaN sits above +inf, and ordering keys orders the floats exactly as
 DESIGN.md does. The forward is three passes over each row:
-  1. numba writes the keys (branch-free, vectorised, parallel over rows);
+  1. numba writes the keys (branch-free, vectorised; parallel over rows from 64K elements up);
   2. numpy's np.partition selects the k-th largest key of each row in place (introselect with
      x86-simd-sort, 2-3x faster on int32 keys than on the floats themselves), rows split over threads;
   3. numba writes y (x's bits on winners, +0.0 elsewhere) and the bit-packed winner mask.
@@ -39,13 +39,10 @@ def _order_key(bits, abs_mask, inf):
     return inf + 1 if magnitude > inf else key
 
 
-@numba.njit(parallel=True, cache=True)
-def _keys_kernel(x_bits, abs_mask, inf, keys):
-    n_rows, n = x_bits.shape
-    for r in numba.prange(n_rows):
-        row, out = x_bits[r], keys[r]
-        for i in range(n):
-            out[i] = _order_key(row[i], abs_mask, inf)
+@numba.njit(inline="always")
+def _keys_row(row, abs_mask, inf, out):
+    for i in range(row.shape[0]):
+        out[i] = _order_key(row[i], abs_mask, inf)
 
 
 @numba.njit(inline="always")
@@ -68,14 +65,6 @@ def _mask_row(row, threshold, abs_mask, inf, out, packed_row):
         packed_row[full_bytes] = packed
 
 
-@numba.njit(parallel=True, cache=True)
-def _mask_kernel(x_bits, thresholds, abs_mask, inf, y_bits, winner_bits):
-    # The per-row body is a function of its own: numba's parfor pass must not see `packed`, which
-    # it would otherwise take for a reduction across rows.
-    for r in numba.prange(x_bits.shape[0]):
-        _mask_row(x_bits[r], thresholds[r], abs_mask, inf, y_bits[r], winner_bits[r])
-
-
 @numba.njit(inline="always")
 def _unmask_row(grad, packed_row, out):
     full_bytes = grad.shape[0] // 8
@@ -87,10 +76,51 @@ def _unmask_row(grad, packed_row, out):
         out[i] = grad[i] & -np.int64((packed_row[full_bytes] >> (i - 8 * full_bytes)) & 1)
 
 
+# Each pass runs its per-row body over the rows, in parallel or, below PARALLEL_MIN_ELEMENTS, in one
+# thread: starting a parallel region costs tens of microseconds idle and milliseconds on busy cores,
+# more than a small layer's whole pass. The bodies are functions of their own so that numba's parfor
+# pass does not take `packed` in _mask_row for a reduction across rows.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
 @numba.njit(parallel=True, cache=True)
-def _backward_kernel(grad_bits, winner_bits, out_bits):
+def _keys_parallel(x_bits, abs_mask, inf, keys):
+    for r in numba.prange(x_bits.shape[0]):
+        _keys_row(x_bits[r], abs_mask, inf, keys[r])
+
+
+@numba.njit(cache=True)
+def _keys_serial(x_bits, abs_mask, inf, keys):
+    for r in range(x_bits.shape[0]):
+        _keys_row(x_bits[r], abs_mask, inf, keys[r])
+
+
+@numba.njit(parallel=True, cache=True)
+def _mask_parallel(x_bits, thresholds, abs_mask, inf, y_bits, winner_bits):
+    for r in numba.prange(x_bits.shape[0]):
+        _mask_row(x_bits[r], thresholds[r], abs_mask, inf, y_bits[r], winner_bits[r])
+
+
+@numba.njit(cache=True)
+def _mask_serial(x_bits, thresholds, abs_mask, inf, y_bits, winner_bits):
+    for r in range(x_bits.shape[0]):
+        _mask_row(x_bits[r], thresholds[r], abs_mask, inf, y_bits[r], winner_bits[r])
+
+
+@numba.njit(parallel=True, cache=True)
+def _backward_parallel(grad_bits, winner_bits, out_bits):
     for r in numba.prange(grad_bits.shape[0]):
         _unmask_row(grad_bits[r], winner_bits[r], out_bits[r])
+
+
+@numba.njit(cache=True)
+def _backward_serial(grad_bits, winner_bits, out_bits):
+    for r in range(grad_bits.shape[0]):
+        _unmask_row(grad_bits[r], winner_bits[r], out_bits[r])
+
+
+def _parallel(t: torch.Tensor) -> bool:
+    return t.numel() >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -101,7 +131,7 @@ def _select_in_place(keys: np.ndarray, rank: int) -> np.ndarray:
     """keys[:, rank] after partitioning each row in place; rows split over torch's CPU threads."""
     global _pool
     threads = min(torch.get_num_threads(), keys.shape[0])
-    if threads <= 1 or keys.size < 1 << 16:
+    if threads <= 1 or keys.size < PARALLEL_MIN_ELEMENTS:
         keys.partition(rank, axis=1)
         return keys[:, rank].copy()
     if _pool is None or _pool._max_workers != threads:
@@ -117,16 +147,17 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     abs_mask = (1 << (8 * rows.element_size() - 1)) - 1
     x_bits = _bits(rows)
     keys = np.empty_like(x_bits)
-    _keys_kernel(x_bits, abs_mask, inf, keys)
+    parallel = _parallel(rows)
+    (_keys_parallel if parallel else _keys_serial)(x_bits, abs_mask, inf, keys)
     thresholds = _select_in_place(keys, rows.shape[1] - k)
     y = torch.empty_like(rows)
     winner_bits = torch.empty((rows.shape[0], (rows.shape[1] + 7) // 8), dtype=torch.uint8)
-    _mask_kernel(x_bits, thresholds, abs_mask, inf, _bits(y), winner_bits.numpy())
+    (_mask_parallel if parallel else _mask_serial)(x_bits, thresholds, abs_mask, inf, _bits(y), winner_bits.numpy())
     return y, winner_bits
 
 
 def kwta_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
     """grad_x = grad_y where the winner bit is set, +0.0 elsewhere (contiguous 2-D CPU tensors)."""
     grad_x = torch.empty_like(grad_y)
-    _backward_kernel(_bits(grad_y), winner_bits.numpy(), _bits(grad_x))
+    (_backward_parallel if _parallel(grad_y) else _backward_serial)(_bits(grad_y), winner_bits.numpy(), _bits(grad_x))
     return grad_x

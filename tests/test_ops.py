@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import triton_kwta
+from kernels import cpu, triton_kwta
 from kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
 from kwta import KWTA, kwta, replace_relu
 from kwta.functional import resolve_backend
@@ -123,6 +123,19 @@ def test_triton_split_rows_match_reference(monkeypatch, dtype, tile):
 def test_triton_default_tile_boundary(n):
     x = torch.randn(2, n, generator=torch.Generator().manual_seed(n))
     check_against_reference(x, "triton", ratio=0.1)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend")
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+@pytest.mark.parametrize("parallel_min", [0, None])
+def test_cpu_parallel_and_serial_kernels_match_reference(monkeypatch, dtype, parallel_min):
+    """Below cpu.PARALLEL_MIN_ELEMENTS the passes run in one thread; 0 forces the parallel kernels."""
+    if parallel_min is not None:
+        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", parallel_min)
+    check_against_reference(special_values((5, 3, 7, 11), dtype, seed=5), "cpu", ratio=0.3)
+    check_against_reference(torch.randn(7, 301, generator=torch.Generator().manual_seed(7)).to(dtype), "cpu", k=13)
+    # past the default threshold: 2 x 40,000 elements take the parallel kernels either way
+    check_against_reference(special_values((2, 40_000), dtype, seed=6), "cpu", ratio=0.1)
 
 
 def test_cpu_float64_and_backends_share_one_mask_format():
