@@ -5,15 +5,20 @@ is skipped, so a pipeline that was interrupted picks up where it stopped (train.
 resumes a half-finished run from its own checkpoint). Steps run in order of their dependencies; with
 several devices, independent steps run at once, one per device (CUDA_VISIBLE_DEVICES), each logging to
 its own file. A failed step does not stop the steps that do not need it; the failures are reported at
-the end.
+the end. How long each step took when it ran is kept in `log_dir/seconds.json` (`step_seconds`).
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kwta.checkpoint import atomic_write
+
+SECONDS_FILE = "seconds.json"
 
 
 @dataclass
@@ -27,6 +32,12 @@ class Step:
 def python_command(script: str, *args) -> list[str]:
     """A command line that runs one of the project's scripts with this interpreter."""
     return [sys.executable, script, *map(str, args)]
+
+
+def step_seconds(log_dir: Path) -> dict[str, float]:
+    """Wall seconds each finished step took in the run that finished it ({} before any has)."""
+    path = Path(log_dir) / SECONDS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def run_steps(steps: list[Step], *, devices: list[str | None], log_dir: Path, dry_run: bool = False) -> None:
@@ -64,11 +75,11 @@ def run_steps(steps: list[Step], *, devices: list[str | None], log_dir: Path, dr
                   flush=True)
             log = None if live_output else open(log_path, "w")  # noqa: SIM115 (closed when the step ends)
             process = subprocess.Popen(step.command, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running[step.name] = (step, process, device, log, log_path)
+            running[step.name] = (step, process, device, log, log_path, time.perf_counter())
         if not running:
             raise RuntimeError(f"steps: {', '.join(s.name for s in pending)} wait on each other")
         time.sleep(0.5)
-        for name, (step, process, device, log, log_path) in list(running.items()):
+        for name, (step, process, device, log, log_path, started) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[name]
@@ -77,7 +88,10 @@ def run_steps(steps: list[Step], *, devices: list[str | None], log_dir: Path, dr
                 log.close()
             if process.returncode == 0 and step.done.exists():
                 finished.add(name)
-                print(f"[finished] {name}", flush=True)
+                seconds = time.perf_counter() - started
+                atomic_write(log_dir / SECONDS_FILE, json.dumps({**step_seconds(log_dir), name: round(seconds, 1)},
+                                                                indent=1))
+                print(f"[finished] {name} in {seconds / 60:.1f} min", flush=True)
             else:
                 failed.append(name)
                 print(f"[failed] {name}: exit code {process.returncode}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kwta.pipeline import Step, run_steps
+from kwta.pipeline import Step, run_steps, step_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +28,11 @@ def test_runs_in_dependency_order_and_skips_finished(tmp_path):
              for s in steps]
     run_steps(steps, devices=[None], log_dir=tmp_path / "logs")
     assert order.read_text().split() == ["a", "b"]
+    seconds = step_seconds(tmp_path / "logs")
+    assert sorted(seconds) == ["a", "b"] and all(0 < s < 60 for s in seconds.values())
     run_steps(steps, devices=[None], log_dir=tmp_path / "logs")  # both done: nothing runs again
     assert order.read_text().split() == ["a", "b"]
+    assert step_seconds(tmp_path / "logs") == seconds  # the times of the run that did the work are kept
 
 
 def test_each_device_gets_its_own_steps(tmp_path):
@@ -38,7 +41,8 @@ def test_each_device_gets_its_own_steps(tmp_path):
                   tmp_path / str(i)) for i in range(4)]
     run_steps(steps, devices=["0", "1"], log_dir=tmp_path / "logs")
     assert sorted(seen.read_text().split()) == ["0", "0", "1", "1"]
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["s0.log", "s1.log", "s2.log", "s3.log"]
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["s0.log", "s1.log", "s2.log", "s3.log", "seconds.json"]
 
 
 def test_failure_skips_dependents_but_not_the_rest(tmp_path):
