@@ -118,7 +118,7 @@ def write_summary(args, out: Path, seconds: float) -> Path:
         "",
         f"Summary written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, device {device}. The steps took {total / 60:.1f} min when they ran "
-        f"(minutes: {', '.join(f'{step} {time / 60:.1f}' for step, time in times.items())}); this invocation "
+        f"(minutes: {', '.join(f'{step} {took / 60:.1f}' for step, took in times.items())}); this invocation "
         f"took {seconds / 60:.1f} min, reusing finished steps.",
         "The demo's defaults (3,000 training images, 3 epochs, 32 attacked images, es and eot cut down) are sized",
         "for about 20 minutes on 2 CPU cores; this run's settings:",
