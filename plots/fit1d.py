@@ -66,9 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def mlp(activation: str, hidden: int, ratio: float) -> nn.Sequential:
-    # Rows of a few hundred elements: torch.topk (the reference backend) beats the cpu kernel's per-call
-    # overhead there by ~10x, and every backend gives bit-identical results.
-    make = (lambda: KWTA(ratio, backend="reference")) if activation == "kwta" else nn.ReLU
+    make = (lambda: KWTA(ratio)) if activation == "kwta" else nn.ReLU
     return nn.Sequential(nn.Linear(1, hidden), make(), nn.Linear(hidden, hidden), make(), nn.Linear(hidden, 1))
 
 
