@@ -103,10 +103,11 @@ def build_steps(args, out: Path) -> list[Step]:
 
 def write_summary(args, out: Path, seconds: float) -> Path:
     label = {"relu": "ReLU", "kwta-0.2": "k-WTA-0.2", "kwta-0.1": "k-WTA-0.1"}
-    rows, training = [], []
+    rows, training, warnings = [], [], []
     for name, _, _ in MODELS:
         result = json.loads((out / "attacks" / f"{name}.json").read_text())
         rows.append(table_row(label[name], {"clean": result["clean_accuracy"], **result["results"][0]["accuracy"]}))
+        warnings += [f"- {label[name]}: {warning}" for warning in result["warnings"]]
         run = json.loads((out / "runs" / name / "summary.json").read_text())
         training.append(f"| {label[name]} | {run['final_test_acc']:.2%} | {run['seconds_per_epoch']:.0f} |")
     eps = json.loads((out / "attacks" / "relu.json").read_text())["eps"][0]
@@ -135,7 +136,9 @@ def write_summary(args, out: Path, seconds: float) -> Path:
         "",
         format_table(rows),
         "Worst case counts an image only if it survived every attack. Plain PGD overstates k-WTA's robustness",
-        "wherever es, eot or transfer leave less.",
+        "wherever es, eot or transfer leave less. attack.py's gradient-masking warnings:",
+        "",
+        *(warnings or ["- none"]),
         "",
         "## Training",
         "",

@@ -22,6 +22,7 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
         assert row in summary
     assert "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |" in summary
     assert "(minutes: train-relu " in summary and "device cpu" in summary  # each step's time, kept for reruns
+    assert "gradient-masking warnings:" in summary
     for figure in ("landscape.png", "landscape.npz", "curves.png"):
         assert (tmp_path / figure).stat().st_size > 0
 
