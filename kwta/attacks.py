@@ -1,4 +1,4 @@
-"""Attack runners and robust accuracy: foolbox PGD and DeepFool, the adaptive es / eot attacks, transfer.
+"""Attack runners and robust accuracy: the suite a k-WTA robustness figure has to survive.
 
 Every attack takes a model in eval mode that maps images in [0, 1] to logits, clean images `x`, labels
 `y` and an L-inf radius `eps`, and returns adversarial images of the same shape (untargeted).
@@ -6,13 +6,26 @@ Every attack takes a model in eval mode that maps images in [0, 1] to logits, cl
 per attack, which images stayed robust: classified correctly and still classified correctly after the
 attack. `worst_case` counts an image robust only if it survived every attack that was run.
 
-Why es and eot: k-WTA makes the network piecewise linear with dense discontinuities, so the gradient at a
-point says little about the loss a step away and plain PGD stalls (gradient masking). Tramer, Carlini,
-Brendel, Madry (2020, "On Adaptive Attacks to Adversarial Example Defenses") broke k-WTA with a
-gradient estimated by finite differences over Gaussian probes of scale eps, which sees through the
-discontinuities; `es` is that attack. `eot` is the cheaper variant: autograd gradients averaged over
-Gaussian noise around the iterate. Both take sign-gradient steps on the logit margin through the same
-loop (`_sign_gradient_ascent`) and differ only in how they estimate the gradient.
+The suite (TABLE_SUITE, what attack.py runs by default):
+  pgd         Madry et al.'s PGD: random start, sign steps, projection; the first adversarial iterate is kept
+              (an image adversarial at step 10 and correct again at step 40 counts as broken), restarts.
+  deepfool    foolbox LinfDeepFoolAttack (the replication's).
+  autoattack  AutoAttack's standard version from the official code (pyautoattack): APGD-CE, APGD-T,
+              FAB-T, Square. Its parts also run alone: apgd-ce, apgd-t, fab (FAB-T), square.
+  square      Square Attack alone: score-based and gradient-free, so gradient masking cannot fool it.
+  bpda        PGD on the margin whose backward goes through a smooth stand-in of every k-WTA layer
+              (kwta.modules.surrogate_gradient; forward exact), at a few temperatures.
+  eot         PGD on the margin with the gradient averaged over Gaussian noise around the iterate.
+  es          Tramer et al.'s attack on k-WTA: sign steps on a finite-difference gradient estimate.
+  transfer    PGD adversarials crafted on a source model (the ReLU twin), evaluated on the target.
+
+Why the adaptive ones: k-WTA makes the network piecewise linear with dense discontinuities, so the
+gradient at a point says little about the loss a step away and plain PGD stalls (gradient masking).
+Tramer, Carlini, Brendel, Madry (2020, "On Adaptive Attacks to Adversarial Example Defenses") broke
+k-WTA with a gradient estimated by finite differences over Gaussian probes of scale eps (`es`); `eot`
+averages autograd gradients over noise instead; `bpda` keeps the exact forward and smooths only the
+backward; `square` never looks at a gradient. All the home-made ones share one sign-gradient loop
+(`_sign_gradient_ascent`) and differ only in how they get the gradient.
 """
 
 import contextlib
@@ -22,24 +35,40 @@ import itertools
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pyautoattack import AutoAttack
 from torch import nn
+
+from kwta.modules import surrogate_gradient
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython, which warns without git
 import foolbox  # noqa: E402
 
-ATTACKS = ("pgd", "deepfool", "es", "eot", "transfer")
+ATTACKS = ("pgd", "deepfool", "autoattack", "apgd-ce", "apgd-t", "fab", "square", "bpda", "eot", "es", "transfer")
+TABLE_SUITE = ("pgd", "deepfool", "autoattack", "square", "bpda", "eot", "es", "transfer")
+# AutoAttack's names for the parts that run alone; "fab" is the targeted FAB the standard version runs.
+AUTOATTACK_PARTS = {"apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "fab": "fab-t", "square": "square"}
+# Attacks that follow the model's own (exact) gradient: Square beating all of them is a masking flag.
+WHITE_BOX = ("pgd", "deepfool", "apgd-ce", "apgd-t", "fab")
+LOSSES = ("ce", "margin")
+BPDA_TEMPERATURES = (0.1, 0.3, 1.0)
 SANITY_TOLERANCE = 1e-6
-# Gradient-masking diagnostics: an adaptive or transfer attack beating white-box PGD by more than this many
-# accuracy points, or more than this share of images having (numerically) zero input gradient, is a warning.
+# Gradient-masking diagnostics: an attack beating white-box PGD (or Square beating every white-box attack)
+# by more than this many accuracy points, PGD leaving more than LARGE_EPS_ACCURACY at the largest eps of
+# its curve, or more than this share of images having (numerically) zero input gradient, is a warning.
 MASKING_MARGIN = 0.05
+LARGE_EPS_ACCURACY = 0.01
 VANISHING_GRADIENT_SHARE = 0.1
 VANISHING_GRADIENT_NORM = 1e-12
-PROBES_PER_FORWARD = 512  # es evaluates its Gaussian probes in chunks of this many images
+# es calibration: on the ReLU twin es must leave at most this many points more than PGD to count as an attack.
+ES_CALIBRATION_MARGIN = 0.05
+INTERVAL_Z = 1.959963984540054  # two-sided 95%
 
 
 class AttackSanityError(RuntimeError):
@@ -48,20 +77,27 @@ class AttackSanityError(RuntimeError):
 
 @dataclass
 class AttackSettings:
-    """Attack hyperparameters; the defaults are the replication's PGD/DeepFool and CPU-sized es/eot."""
+    """Attack hyperparameters: official AutoAttack budgets, Madry's PGD, CPU-sized es / eot."""
 
-    pgd_steps: int = 40
+    pgd_steps: int = 40  # also bpda's and eot's steps, and transfer's on the source
     pgd_step: float | None = None  # absolute step; None means 2.5 * eps / pgd_steps (Madry et al.)
     pgd_rel_stepsize: float | None = None  # foolbox's rel_stepsize (times eps); the replication used 0.003
+    pgd_restarts: int = 5  # random starts of pgd and of transfer
+    pgd_loss: str = "ce"
     deepfool_steps: int = 20
     deepfool_candidates: int = 10
+    autoattack_iterations: int = 100  # APGD-CE, APGD-T, FAB-T iterations: AutoAttack's standard 100
+    square_queries: int = 5000  # AutoAttack's standard 5000
+    bpda_temperatures: tuple[float, ...] = BPDA_TEMPERATURES
     es_steps: int = 20
     es_samples: int = 50  # antithetic pairs per image on the last step; the count grows linearly to it
-    eot_samples: int = 8  # eot runs pgd_steps steps of size pgd_step
+    es_probe_batch: int = 512  # probe images per forward pass: bounds es's memory whatever its budget
+    eot_samples: int = 8
     eot_sigma: float = 0.05
 
     def __post_init__(self):
-        for name in ("pgd_steps", "deepfool_steps", "deepfool_candidates", "es_steps", "es_samples", "eot_samples"):
+        for name in ("pgd_steps", "pgd_restarts", "deepfool_steps", "deepfool_candidates", "autoattack_iterations",
+                     "square_queries", "es_steps", "es_samples", "es_probe_batch", "eot_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("pgd_step", "pgd_rel_stepsize", "eot_sigma"):
@@ -70,6 +106,11 @@ class AttackSettings:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if self.pgd_step is not None and self.pgd_rel_stepsize is not None:
             raise ValueError("give at most one of pgd_step and pgd_rel_stepsize")
+        if self.pgd_loss not in LOSSES:
+            raise ValueError(f"pgd_loss must be one of {LOSSES}, got {self.pgd_loss!r}")
+        self.bpda_temperatures = tuple(self.bpda_temperatures)
+        if not self.bpda_temperatures or not all(t > 0 for t in self.bpda_temperatures):
+            raise ValueError(f"bpda_temperatures must be positive numbers, got {self.bpda_temperatures!r}")
 
     def pgd_step_size(self, eps: float) -> float:
         if self.pgd_rel_stepsize is not None:
@@ -93,9 +134,35 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return wrong_logits.max(dim=1).values - true_logit
 
 
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Nearest point of the eps-ball around x that is also a valid image."""
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def attack_seed(seed: int, attack: str) -> int:
+    """A seed of its own for each attack, so no two attacks share a random start."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(attack.encode())]).generate_state(1)[0])
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    return project_linf(x + torch.empty_like(x).uniform_(-eps, eps, generator=generator), x, eps)
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: torch.device):
+    """Foolbox and AutoAttack draw from torch's global RNG: seed it here and restore it afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _sign_gradient_ascent(
@@ -106,36 +173,60 @@ def _sign_gradient_ascent(
     *,
     steps: int,
     step_size: float,
-    estimate_gradient: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     start: torch.Tensor,
-) -> torch.Tensor:
-    """Signed steps up `estimate_gradient(x_adv, y, step_index)`, projected each time.
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = margin_loss,
+    estimate_gradient: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    stop_at_adversarial: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed steps up `loss`, projected onto the eps-ball each time; returns (x_adv, still classified correctly).
 
-    An image is frozen as soon as it is misclassified: further steps could only lose the success, and
-    the gradient estimates (the expensive part) are spent on the images still standing.
+    The gradient is autograd's (whose forward pass also tells which iterates are adversarial already), or
+    `estimate_gradient(images, labels, step_index)`'s. An image stops at its first adversarial iterate, the
+    best one for accuracy: a later step could only lose it, and the gradient work goes to the images
+    still standing. `stop_at_adversarial=False` runs every step (transfer: the source's last iterate).
     """
     x_adv = project_linf(start, x, eps)
+    active = torch.ones(len(y), dtype=torch.bool, device=y.device)
     for step_index in range(steps):
-        still_correct = predict(model, x_adv) == y
-        if not still_correct.any():
+        index = active.nonzero().squeeze(1)
+        if len(index) == 0:
             break
-        gradient = estimate_gradient(x_adv[still_correct], y[still_correct], step_index)
-        moved = x_adv[still_correct] + step_size * gradient.sign()
-        x_adv[still_correct] = project_linf(moved, x[still_correct], eps)
+        images, labels = x_adv[index], y[index]
+        if estimate_gradient is None:
+            images.requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(images)
+                (gradient,) = torch.autograd.grad(loss(logits, labels).sum(), images)
+            moving = logits.detach().argmax(dim=1) == labels
+        else:
+            moving = predict(model, images) == labels
+            gradient = torch.zeros_like(images)
+        if stop_at_adversarial:
+            active[index[~moving]] = False
+        else:
+            moving = torch.ones_like(moving)
+        if estimate_gradient is not None and moving.any():
+            gradient[moving] = estimate_gradient(images[moving], labels[moving], step_index)
+        stepped = x_adv[index[moving]] + step_size * gradient[moving].sign()
+        x_adv[index[moving]] = project_linf(stepped, x[index[moving]], eps)
+    return x_adv.detach(), predict(model, x_adv) == y
+
+
+Run = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _first_success_of_runs(x: torch.Tensor, y: torch.Tensor, runs: Iterable[Run]) -> torch.Tensor:
+    """Each run attacks the images still standing and returns (candidates, still correct); the first success stays."""
+    x_adv = x.clone()
+    standing = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    for run in runs:
+        index = standing.nonzero().squeeze(1)
+        if len(index) == 0:
+            break
+        candidates, correct = run(x[index], y[index])
+        x_adv[index[~correct]] = candidates[~correct]
+        standing[index[~correct]] = False
     return x_adv
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-@contextlib.contextmanager
-def _seeded_global_rng(seed: int, device: torch.device):
-    """Foolbox draws its random start from torch's global RNG: seed it here and restore it afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,20 +242,28 @@ def pgd(
     steps: int = 40,
     step_size: float | None = None,
     rel_stepsize: float | None = None,
+    restarts: int = 1,
+    loss: str = "ce",
     seed: int = 0,
 ) -> torch.Tensor:
-    """foolbox LinfPGD (cross-entropy, random start). The step is absolute, 2.5 * eps / steps by default.
+    """L-inf PGD (Madry et al. 2018): uniform random start, `steps` sign steps up the loss, projection.
 
-    `rel_stepsize` reproduces a foolbox-relative step instead: foolbox multiplies it by eps, so the
-    replication's rel_stepsize=0.003 moved at most 40 * 0.003 * eps (0.004 at eps 0.031) in total.
+    Keeps the first adversarial iterate of each image, and runs `restarts` independent random starts
+    on the images still standing. `loss` is "ce" (cross-entropy) or "margin" (best wrong logit minus the
+    true one, Carlini-Wagner's). The step is absolute, 2.5 * eps / steps by default; `rel_stepsize`
+    gives a foolbox-relative one instead (times eps): the replication's 0.003 moved at most
+    40 * 0.003 * eps in total.
     """
     if step_size is None:
         step_size = rel_stepsize * eps if rel_stepsize is not None else 2.5 * eps / steps
-    attack = foolbox.attacks.LinfPGD(steps=steps, abs_stepsize=step_size, random_start=True)
-    fmodel = foolbox.PyTorchModel(model, bounds=(0, 1), device=x.device)
-    with _seeded_global_rng(seed, x.device):
-        _, x_adv, _ = attack(fmodel, x, y, epsilons=eps)
-    return x_adv
+    loss_function = cross_entropy_loss if loss == "ce" else margin_loss
+    generator = _generator(seed, x.device)
+
+    def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
+                                     start=_random_start(xs, eps, generator), loss=loss_function)
+
+    return _first_success_of_runs(x, y, [run] * restarts)
 
 
 def deepfool(
@@ -179,6 +278,84 @@ def deepfool(
     return x_adv
 
 
+def autoattack_adversary(
+    model: nn.Module, eps: float, num_classes: int, *, iterations: int = 100, square_queries: int = 5000,
+    seed: int = 0, device: torch.device | str = "cpu",
+) -> AutoAttack:
+    """pyautoattack's AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), L-inf.
+
+    The defaults are the standard budgets (100 iterations, 5000 Square queries); smaller ones are for
+    tests and CPU demos. With fewer than 10 classes the targeted attacks get num_classes - 1 targets
+    (the standard 9 would index classes that do not exist).
+    """
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=device)
+    adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = iterations
+    adversary.square.n_queries = square_queries
+    targets = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
+    return adversary
+
+
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    part: str | None = None,
+    iterations: int = 100,
+    square_queries: int = 5000,
+    seed: int = 0,
+) -> torch.Tensor:
+    """AutoAttack's standard evaluation, as the official code runs it, or one of its parts alone.
+
+    part: None for the whole standard sequence (each attack on the images the previous ones left), or
+    "apgd-ce", "apgd-t", "fab" (FAB-T), "square" for that attack alone with its standard settings.
+    """
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    if part in ("apgd-t", "fab", None) and num_classes < 4:
+        raise ValueError(f"AutoAttack's targeted attacks need at least 4 classes, the model has {num_classes}")
+    adversary = autoattack_adversary(model, eps, num_classes, iterations=iterations, square_queries=square_queries,
+                                     seed=seed, device=x.device)
+    if part is not None:
+        adversary.attacks_to_run = [AUTOATTACK_PARTS[part]]
+    with _seeded_global_rng(seed, x.device):
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    return x_adv
+
+
+def bpda(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    temperatures: Sequence[float] = BPDA_TEMPERATURES,
+    steps: int = 40,
+    step_size: float | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """BPDA (Athalye, Carlini, Wagner 2018) for k-WTA: PGD on the margin, forward exact, backward smooth.
+
+    Every KWTA layer back-propagates through x * sigmoid((x - t) / T) (kwta.functional), one random
+    start per temperature T (times each row's standard deviation), each on the images the previous
+    ones left; the first adversarial iterate is kept. On a network without k-WTA layers it is PGD on
+    the margin with one random start per temperature.
+    """
+    step_size = 2.5 * eps / steps if step_size is None else step_size
+    generator = _generator(seed, x.device)
+
+    def run_at(temperature: float) -> Run:
+        def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with surrogate_gradient(model, temperature):
+                return _sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
+                                             start=_random_start(xs, eps, generator))
+        return run
+
+    return _first_success_of_runs(x, y, [run_at(t) for t in temperatures])
+
+
 def es(
     model: nn.Module,
     x: torch.Tensor,
@@ -188,6 +365,7 @@ def es(
     steps: int = 20,
     samples: int = 50,
     step_size: float | None = None,
+    probe_batch: int = 512,
     seed: int = 0,
 ) -> torch.Tensor:
     """Tramer et al.'s attack on k-WTA: sign steps on the margin with a finite-difference gradient.
@@ -196,7 +374,8 @@ def es(
     sigma = eps, with n antithetic pairs growing linearly from samples / steps to `samples` over the
     steps (coarse estimates suffice far from the boundary, close to it the sign must be right). Costs
     about samples * (steps + 1) forward passes per image (1,050 at the defaults), none for images already
-    misclassified. Starts at x; steps of 2.5 * eps / steps by default.
+    misclassified. The probes are drawn and evaluated `probe_batch` images at a time, so memory stays
+    bounded whatever the budget. Starts at x; steps of 2.5 * eps / steps by default.
     """
     step_size = 2.5 * eps / steps if step_size is None else step_size
     generator = _generator(seed, x.device)
@@ -204,23 +383,24 @@ def es(
     @torch.no_grad()
     def finite_difference_gradient(images: torch.Tensor, labels: torch.Tensor, step_index: int) -> torch.Tensor:
         pairs = math.ceil(samples * (step_index + 1) / steps)
-        directions = torch.randn((pairs, *images.shape), generator=generator, device=images.device)
-        probes = torch.cat([images + eps * directions, images - eps * directions]).flatten(0, 1)
-        probe_labels = labels.repeat(2 * pairs)
-        losses = torch.cat(
-            [
+        gradient = torch.zeros_like(images)
+        pairs_per_draw = max(1, probe_batch // (2 * len(images)))
+        trailing = [1] * (images.dim() - 1)
+        for first in range(0, pairs, pairs_per_draw):
+            drawn = min(pairs_per_draw, pairs - first)
+            directions = torch.randn((drawn, *images.shape), generator=generator, device=images.device)
+            probes = torch.cat([images + eps * directions, images - eps * directions]).flatten(0, 1)
+            probe_labels = labels.repeat(2 * drawn)
+            losses = torch.cat([
                 margin_loss(model(chunk), chunk_labels)
-                for chunk, chunk_labels in zip(
-                    probes.split(PROBES_PER_FORWARD), probe_labels.split(PROBES_PER_FORWARD), strict=True
-                )
-            ]
-        ).view(2, pairs, len(images))
-        loss_differences = (losses[0] - losses[1]).view(pairs, len(images), *([1] * (images.dim() - 1)))
-        return (loss_differences * directions).sum(dim=0) / (2 * eps * pairs)
+                for chunk, chunk_labels in zip(probes.split(probe_batch), probe_labels.split(probe_batch), strict=True)
+            ]).view(2, drawn, len(images))
+            gradient += ((losses[0] - losses[1]).view(drawn, len(images), *trailing) * directions).sum(dim=0)
+        return gradient / (2 * eps * pairs)
 
-    return _sign_gradient_ascent(
-        model, x, y, eps, steps=steps, step_size=step_size, estimate_gradient=finite_difference_gradient, start=x
-    )
+    x_adv, _ = _sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size, start=x,
+                                     estimate_gradient=finite_difference_gradient)
+    return x_adv
 
 
 def eot(
@@ -246,21 +426,42 @@ def eot(
     def smoothed_gradient(images: torch.Tensor, labels: torch.Tensor, step_index: int) -> torch.Tensor:
         noise = torch.randn((samples, *images.shape), generator=generator, device=images.device)
         noisy = (images + sigma * noise).flatten(0, 1).requires_grad_(True)
-        loss = margin_loss(model(noisy), labels.repeat(samples)).sum()
-        (gradient,) = torch.autograd.grad(loss, noisy)
+        with torch.enable_grad():
+            loss = margin_loss(model(noisy), labels.repeat(samples)).sum()
+            (gradient,) = torch.autograd.grad(loss, noisy)
         return gradient.view(samples, *images.shape).mean(dim=0)
 
-    random_start = x + torch.empty_like(x).uniform_(-eps, eps, generator=generator)
-    return _sign_gradient_ascent(
-        model, x, y, eps, steps=steps, step_size=step_size, estimate_gradient=smoothed_gradient, start=random_start
-    )
+    x_adv, _ = _sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size,
+                                     start=_random_start(x, eps, generator), estimate_gradient=smoothed_gradient)
+    return x_adv
 
 
 def transfer(
-    source_model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **pgd_options
+    source_model: nn.Module,
+    target_model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 40,
+    step_size: float | None = None,
+    restarts: int = 1,
+    loss: str = "ce",
+    seed: int = 0,
 ) -> torch.Tensor:
-    """PGD adversarials crafted on `source_model` (e.g. the ReLU twin); the caller evaluates the target."""
-    return pgd(source_model, x, y, eps, **pgd_options)
+    """PGD run to its last step on `source_model` (e.g. the ReLU twin); each restart's result is tried on
+    the target, and an image keeps the first one that fools it."""
+    step_size = 2.5 * eps / steps if step_size is None else step_size
+    loss_function = cross_entropy_loss if loss == "ce" else margin_loss
+    generator = _generator(seed, x.device)
+
+    def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crafted, _ = _sign_gradient_ascent(source_model, xs, ys, eps, steps=steps, step_size=step_size,
+                                           start=_random_start(xs, eps, generator), loss=loss_function,
+                                           stop_at_adversarial=False)
+        return crafted, predict(target_model, crafted) == ys
+
+    return _first_success_of_runs(x, y, [run] * restarts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,7 +498,8 @@ def attack_batch(
     """Run `attacks` on one batch; return ({"clean", each attack, "worst_case"} -> robust mask, seconds).
 
     Only correctly classified images are attacked (the others count as not robust anyway). `seed` fixes
-    every random draw, so a batch gives the same answer whichever process or order runs it.
+    every random draw (each attack gets its own stream from it), so a batch gives the same answer
+    whichever process or order runs it.
     """
     settings = settings or AttackSettings()
     unknown = [name for name in attacks if name not in ATTACKS]
@@ -306,19 +508,32 @@ def attack_batch(
     if "transfer" in attacks and source_model is None:
         raise ValueError("the transfer attack needs a source_model")
     step_size = settings.pgd_step_size(eps)
+    pgd_options = dict(steps=settings.pgd_steps, step_size=step_size, restarts=settings.pgd_restarts,
+                       loss=settings.pgd_loss)
+    autoattack_options = dict(iterations=settings.autoattack_iterations, square_queries=settings.square_queries)
     runners = {
-        "pgd": lambda xs, ys: pgd(model, xs, ys, eps, steps=settings.pgd_steps, step_size=step_size, seed=seed),
-        "deepfool": lambda xs, ys: deepfool(
+        "pgd": lambda xs, ys, s: pgd(model, xs, ys, eps, **pgd_options, seed=s),
+        "deepfool": lambda xs, ys, s: deepfool(
             model, xs, ys, eps, steps=settings.deepfool_steps, candidates=settings.deepfool_candidates
         ),
-        "es": lambda xs, ys: es(model, xs, ys, eps, steps=settings.es_steps, samples=settings.es_samples, seed=seed),
-        "eot": lambda xs, ys: eot(
+        "autoattack": lambda xs, ys, s: autoattack(model, xs, ys, eps, **autoattack_options, seed=s),
+        **{
+            part: (lambda xs, ys, s, part=part: autoattack(model, xs, ys, eps, part=part, **autoattack_options, seed=s))
+            for part in AUTOATTACK_PARTS
+        },
+        "bpda": lambda xs, ys, s: bpda(
+            model, xs, ys, eps, temperatures=settings.bpda_temperatures, steps=settings.pgd_steps,
+            step_size=step_size, seed=s,
+        ),
+        "es": lambda xs, ys, s: es(
+            model, xs, ys, eps, steps=settings.es_steps, samples=settings.es_samples,
+            probe_batch=settings.es_probe_batch, seed=s,
+        ),
+        "eot": lambda xs, ys, s: eot(
             model, xs, ys, eps, steps=settings.pgd_steps, samples=settings.eot_samples, sigma=settings.eot_sigma,
-            step_size=step_size, seed=seed,
+            step_size=step_size, seed=s,
         ),
-        "transfer": lambda xs, ys: transfer(
-            source_model, xs, ys, eps, steps=settings.pgd_steps, step_size=step_size, seed=seed
-        ),
+        "transfer": lambda xs, ys, s: transfer(source_model, model, xs, ys, eps, **pgd_options, seed=s),
     }
     correct = predict(model, x) == y
     robust = {"clean": correct}
@@ -328,13 +543,32 @@ def attack_batch(
         started = time.perf_counter()
         survived = torch.zeros_like(correct)
         if len(y_correct):
-            x_adv = runners[name](x_correct, y_correct)
+            x_adv = runners[name](x_correct, y_correct, attack_seed(seed, name))
             check_adversarials(x_adv, x_correct, eps, name)
             survived[correct] = predict(model, x_adv) == y_correct
         robust[name] = survived
         seconds[name] = time.perf_counter() - started
     robust["worst_case"] = torch.stack([robust[name] for name in ("clean", *attacks)]).all(dim=0)
     return robust, seconds
+
+
+def wilson_interval(successes: int, trials: int, z: float = INTERVAL_Z) -> tuple[float, float]:
+    """Wilson's score interval for a proportion (95% by default): the p whose score test accepts successes/trials.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or `trials` successes,
+    where robust accuracies often sit.
+    """
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half_width = z / (1 + z * z / trials) * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+
+def plus_minus(share: float, interval: Sequence[float]) -> float:
+    """The half-width of a symmetric band around `share` that covers its whole (asymmetric) interval."""
+    return max(share - interval[0], interval[1] - share)
 
 
 def vanishing_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -345,30 +579,51 @@ def vanishing_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 def masking_warnings(
-    accuracy_by_eps: dict[float, dict[str, float]], vanishing_gradient_share: float | None = None
+    accuracy_by_eps: dict[float, dict[str, float]],
+    vanishing_gradient_share: float | None = None,
+    pgd_curve: dict[float, float] | None = None,
 ) -> list[str]:
-    """AutoAttack-style red flags for gradient masking, from {eps: {attack: robust accuracy}}."""
+    """AutoAttack-style red flags for gradient masking.
+
+    accuracy_by_eps: {eps: {attack or "worst_case": robust accuracy}}; pgd_curve: {eps: PGD's robust
+    accuracy} from the eps curve (merged with the PGD figures of accuracy_by_eps).
+    """
     warnings = []
     for eps, accuracy in sorted(accuracy_by_eps.items()):
-        if "pgd" not in accuracy:
-            continue
-        for name in ("es", "eot", "transfer"):
-            if name in accuracy and accuracy["pgd"] - accuracy[name] > MASKING_MARGIN:
+        if "pgd" in accuracy:
+            stronger = [name for name in accuracy if name not in ("pgd", "worst_case")
+                        and accuracy["pgd"] - accuracy[name] > MASKING_MARGIN]
+            if stronger:
+                others = ", ".join(f"{name} {accuracy[name]:.1%}" for name in stronger)
                 warnings.append(
-                    f"eps {eps:g}: {name} leaves {accuracy[name]:.1%} against PGD's {accuracy['pgd']:.1%}: "
-                    f"PGD's figure overstates robustness (gradient masking)"
+                    f"eps {eps:g}: the worst case leaves {accuracy['worst_case']:.1%} against PGD's "
+                    f"{accuracy['pgd']:.1%} ({others}): PGD's figure overstates robustness (gradient masking)"
                 )
-    pgd_curve = [(eps, accuracy["pgd"]) for eps, accuracy in sorted(accuracy_by_eps.items()) if "pgd" in accuracy]
-    for (eps_low, acc_low), (eps_high, acc_high) in itertools.pairwise(pgd_curve):
+        white_box = {name: accuracy[name] for name in WHITE_BOX if name in accuracy}
+        if "square" in accuracy and white_box and min(white_box.values()) - accuracy["square"] > MASKING_MARGIN:
+            best = min(white_box, key=white_box.get)
+            warnings.append(
+                f"eps {eps:g}: Square (gradient-free) leaves {accuracy['square']:.1%}, less than every white-box "
+                f"attack (best: {best} {white_box[best]:.1%}): the model's gradients mislead (gradient masking)"
+            )
+    curve = {eps: accuracy["pgd"] for eps, accuracy in accuracy_by_eps.items() if "pgd" in accuracy}
+    curve.update(pgd_curve or {})
+    points = sorted(curve.items())
+    for (eps_low, acc_low), (eps_high, acc_high) in itertools.pairwise(points):
         if acc_high > acc_low:
             warnings.append(
                 f"PGD leaves more at eps {eps_high:g} ({acc_high:.1%}) than at eps {eps_low:g} ({acc_low:.1%}): "
                 f"its success does not grow with eps (gradient masking or a broken attack)"
             )
-    if len(pgd_curve) > 1 and pgd_curve[0][1] == pgd_curve[-1][1] > 0:
+    if len(points) > 1 and points[0][1] == points[-1][1] > 0:
         warnings.append(
-            f"PGD leaves {pgd_curve[0][1]:.1%} at every eps from {pgd_curve[0][0]:g} to {pgd_curve[-1][0]:g}: "
+            f"PGD leaves {points[0][1]:.1%} at every eps from {points[0][0]:g} to {points[-1][0]:g}: "
             f"its success does not grow with eps"
+        )
+    if pgd_curve and points[-1][1] > LARGE_EPS_ACCURACY:
+        warnings.append(
+            f"PGD leaves {points[-1][1]:.1%} at eps {points[-1][0]:g}, the largest of its curve, where it should "
+            f"break about every image: gradient masking or a broken attack"
         )
     if vanishing_gradient_share is not None and vanishing_gradient_share > VANISHING_GRADIENT_SHARE:
         warnings.append(
@@ -378,34 +633,66 @@ def masking_warnings(
     return warnings
 
 
+def es_calibration(es_accuracy: float, pgd_accuracy: float, eps: float) -> tuple[bool, str]:
+    """(es counts as an attack at this budget, the line saying so) from es and PGD on the ReLU twin."""
+    gap = es_accuracy - pgd_accuracy
+    verdict = (f"within {ES_CALIBRATION_MARGIN:.0%} of PGD: es at this budget is an attack"
+               if gap <= ES_CALIBRATION_MARGIN else
+               f"{gap:.1%} above PGD: es at this budget is too weak to count, its silence proves nothing "
+               f"(raise --es-steps / --es-samples)")
+    return gap <= ES_CALIBRATION_MARGIN, (
+        f"eps {eps:g}: es calibration on the ReLU twin: es leaves {es_accuracy:.1%}, PGD {pgd_accuracy:.1%}, {verdict}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Results table in the replication's format
+# Results table in the replication's format, a +- on every figure
 
 
-TABLE_COLUMNS = ("Activation", "A_std", "PGD", "DeepFool", "ES", "EOT", "Transfer", "Worst case")
-_TABLE_KEYS = {"A_std": "clean", "PGD": "pgd", "DeepFool": "deepfool", "ES": "es", "EOT": "eot",
-               "Transfer": "transfer", "Worst case": "worst_case"}
+ATTACK_COLUMNS = {"pgd": "PGD", "deepfool": "DeepFool", "autoattack": "AutoAttack", "apgd-ce": "APGD-CE",
+                  "apgd-t": "APGD-T", "fab": "FAB-T", "square": "Square", "bpda": "BPDA", "eot": "EOT", "es": "ES",
+                  "transfer": "Transfer"}
+TABLE_COLUMNS = ("Activation", "A_std", *ATTACK_COLUMNS.values(), "Worst case")
+_TABLE_KEYS = {"A_std": "clean", **{column: name for name, column in ATTACK_COLUMNS.items()},
+               "Worst case": "worst_case"}
 NOT_RUN = "-"
+PLUS_MINUS = " +- "
 
 
-def table_row(label: str, accuracy: dict[str, float]) -> list[str]:
-    """One row: `accuracy` maps clean / attack names / worst_case to fractions; missing attacks show '-'."""
-    cells = [f"{accuracy[key]:.2%}" if key in accuracy else NOT_RUN for key in _TABLE_KEYS.values()]
+def table_row(label: str, accuracy: dict[str, float], intervals: dict[str, Sequence[float]] | None = None) -> list[str]:
+    """One row over every TABLE_COLUMNS: `accuracy` maps clean / attack names / worst_case to fractions,
+    `intervals` the same keys to (low, high); a figure shows as '12.50% +- 4.07'; missing attacks show '-'."""
+    cells = []
+    for key in _TABLE_KEYS.values():
+        if key not in accuracy:
+            cells.append(NOT_RUN)
+        elif intervals and key in intervals:
+            cells.append(f"{accuracy[key]:.2%}{PLUS_MINUS}{100 * plus_minus(accuracy[key], intervals[key]):.2f}")
+        else:
+            cells.append(f"{accuracy[key]:.2%}")
     return [label, *cells]
 
 
 def parse_table(markdown: str) -> list[list[str]]:
-    """Rows (without header) of a table written by `format_table`; an empty text is an empty table."""
+    """Rows (without header, over every TABLE_COLUMNS) of a table `format_table` wrote; '' is an empty table.
+
+    The header may hold any of TABLE_COLUMNS in any order (format_table leaves out attacks no row ran;
+    older tables had fewer columns): columns it lacks read as not run.
+    """
     lines = [line.strip() for line in markdown.splitlines() if line.strip().startswith("|")]
     if not lines:
         return []
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    if tuple(header) != TABLE_COLUMNS:
-        raise ValueError(f"not a results table: header {header}, expected {list(TABLE_COLUMNS)}")
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    for row in rows:
-        if len(row) != len(TABLE_COLUMNS):
-            raise ValueError(f"malformed table row: {row}")
+    known = set(header) <= set(TABLE_COLUMNS) and len(set(header)) == len(header)
+    if not known or header[:2] != list(TABLE_COLUMNS[:2]) or header[-1] != TABLE_COLUMNS[-1]:
+        raise ValueError(f"not a results table: header {header}, expected columns from {list(TABLE_COLUMNS)}")
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            raise ValueError(f"malformed table row: {cells}")
+        by_column = dict(zip(header, cells, strict=True))
+        rows.append([by_column.get(column, NOT_RUN) for column in TABLE_COLUMNS])
     return rows
 
 
@@ -417,17 +704,35 @@ def merge_rows(rows: Iterable[list[str]], new_rows: Iterable[list[str]]) -> list
     return list(merged.values())
 
 
+def _shown_columns(rows: list[list[str]]) -> list[int]:
+    """Indices of the columns to print: label, A_std, worst case, and every attack some row ran."""
+    always = {0, 1, len(TABLE_COLUMNS) - 1}
+    return [i for i in range(len(TABLE_COLUMNS)) if i in always or any(row[i] != NOT_RUN for row in rows)]
+
+
 def format_table(rows: Iterable[list[str]]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    rows = list(rows)
+    shown = _shown_columns(rows)
+    lines = ["| " + " | ".join(TABLE_COLUMNS[i] for i in shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
+    lines += ["| " + " | ".join(row[i] for i in shown) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def format_csv(rows: Iterable[list[str]]) -> str:
-    """The table as CSV, percentages as plain numbers (75.00% -> 75.00), not-run cells empty."""
+    """The table as CSV: each figure as a plain number (75.00% -> 75.00) with its +- in the next column;
+    not-run cells empty."""
+    rows = list(rows)
+    shown = _shown_columns(rows)
+    header = [TABLE_COLUMNS[0]]
+    for i in shown[1:]:
+        header += [TABLE_COLUMNS[i], f"{TABLE_COLUMNS[i]} +-"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(TABLE_COLUMNS)
-    for label, *cells in rows:
-        writer.writerow([label, *("" if cell == NOT_RUN else cell.rstrip("%") for cell in cells)])
+    writer.writerow(header)
+    for row in rows:
+        out = [row[0]]
+        for i in shown[1:]:
+            value, _, half_width = row[i].partition(PLUS_MINUS)
+            out += ["", ""] if value == NOT_RUN else [value.rstrip("%"), half_width]
+        writer.writerow(out)
     return text.getvalue()

@@ -4,6 +4,13 @@ The cpu and triton backends return y and a bit-packed winner mask of shape (rows
 i % 8 of byte i // 8 for element i of a row; the backward reads only that mask (0.125 bytes saved
 per element, against 4 for ReLU's saved output). Both are registered as torch.library custom ops
 with fake (meta) implementations, so torch.compile traces a k-WTA network in one graph.
+
+`surrogate_temperature` switches the backward to a smooth stand-in (BPDA, Athalye, Carlini, Wagner
+2018): the forward stays the exact k-WTA, bit for bit, while the gradient is that of
+x * sigmoid((x - t) / T), t the row's k-th largest value and T = temperature * the row's standard
+deviation. Units just below the threshold then pass gradient too: the direction in which the winner
+set would change, which the exact gradient (zero on losers) cannot see. It is an attack's tool, not
+part of the operator's semantics; kwta.modules.surrogate_gradient switches it on for a whole model.
 """
 
 import os
@@ -80,6 +87,27 @@ class KWTAFunction(torch.autograd.Function):
         return ctx.backward_op(grad_y.contiguous(), winner_bits), None, None
 
 
+class SurrogateKWTAFunction(torch.autograd.Function):
+    """Exact k-WTA forward on 2-D rows; backward through x * sigmoid((x - t) / T) (BPDA)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, k: int, backend: str, temperature: float):
+        with torch.no_grad():
+            y = kwta_reference(rows, k=k) if backend == "reference" else _OPS[backend][0](rows, k)[0]
+            threshold = rows.kthvalue(rows.shape[1] - k + 1, dim=1, keepdim=True).values
+            spread = rows.std(dim=1, keepdim=True, correction=0)
+            # a constant row has no spread: any positive scale gives the same (sigmoid(0)) gate there
+            scale = (temperature * spread).clamp_min(torch.finfo(rows.dtype).eps)
+        ctx.save_for_backward(rows, threshold, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        rows, threshold, scale = ctx.saved_tensors
+        gate = torch.sigmoid((rows - threshold) / scale)
+        return grad_y * (gate + rows * gate * (1 - gate) / scale), None, None, None
+
+
 def resolve_backend(x: torch.Tensor, backend: str) -> str:
     """The backend that runs `x`: 'auto' is triton on CUDA (float16/bfloat16/float32), cpu on CPU."""
     if backend not in BACKENDS:
@@ -105,25 +133,33 @@ def kwta(
     k: int | None = None,
     mode: str = "vol",
     backend: str = "auto",
+    surrogate_temperature: float | None = None,
 ) -> torch.Tensor:
     """k-Winners-Take-All of each row of `x` (see kernels/reference.py for the exact semantics).
 
     mode="vol": one row per sample (C*H*W); mode="channel": one row per (sample, channel).
     Exactly one of `ratio` (k = max(1, int(ratio * N))) and `k` is given.
+    surrogate_temperature: None for the exact gradient; T > 0 for BPDA's smooth backward (module docstring).
     """
     check_input(x, mode)
     backend = resolve_backend(x, backend)
     n_rows, n = row_shape(x.shape, mode)
     k = resolve_k(max(n, 1), ratio, k)
-    if backend == "reference":
+    if surrogate_temperature is not None and not surrogate_temperature > 0:
+        raise ValueError(f"surrogate_temperature must be > 0 (or None), got {surrogate_temperature!r}")
+    if backend == "reference" and surrogate_temperature is None:
         return kwta_reference(x, k=k, mode=mode)
     if x.numel() == 0:
         return x.clone()
+
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        if surrogate_temperature is not None:
+            return SurrogateKWTAFunction.apply(rows, k, backend, surrogate_temperature)
+        return KWTAFunction.apply(rows, k, backend)[0]
+
     if mode == "vol" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         # Each sample is still one contiguous block, in (H, W, C) order, and which elements win does
         # not depend on their order: run on the storage as it lies and hand back a channels-last y.
-        rows = x.permute(0, 2, 3, 1).reshape(n_rows, n)
-        y, _ = KWTAFunction.apply(rows, k, backend)
+        y = apply(x.permute(0, 2, 3, 1).reshape(n_rows, n))
         return y.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2)
-    y, _ = KWTAFunction.apply(x.reshape(n_rows, n).contiguous(), k, backend)
-    return y.view(x.shape)
+    return apply(x.reshape(n_rows, n).contiguous()).view(x.shape)

@@ -1,4 +1,8 @@
-"""KWTA, the nn.Module form of k-WTA, and replace_relu for swapping it into existing networks."""
+"""KWTA, the nn.Module form of k-WTA; replace_relu for swapping it into existing networks; surrogate_gradient
+for attacking a k-WTA network through a smooth backward (BPDA) without copying it."""
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -23,13 +27,18 @@ class KWTA(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.ratio, self.k, self.mode, self.backend = ratio, k, mode, backend
+        self.surrogate_temperature = None  # set by surrogate_gradient while an attack runs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kwta(x, self.ratio, k=self.k, mode=self.mode, backend=self.backend)
+        return kwta(x, self.ratio, k=self.k, mode=self.mode, backend=self.backend,
+                    surrogate_temperature=self.surrogate_temperature)
 
     def extra_repr(self) -> str:
         amount = f"ratio={self.ratio}" if self.k is None else f"k={self.k}"
-        return f"{amount}, mode={self.mode!r}, backend={self.backend!r}"
+        text = f"{amount}, mode={self.mode!r}, backend={self.backend!r}"
+        if self.surrogate_temperature is not None:
+            text += f", surrogate_temperature={self.surrogate_temperature}"
+        return text
 
 
 def replace_relu(model: nn.Module, ratio: float, *, mode: str = "vol", backend: str = "auto") -> int:
@@ -53,3 +62,23 @@ def set_ratio(model: nn.Module, ratio: float) -> int:
     for layer in layers:
         layer.ratio = ratio
     return len(layers)
+
+
+@contextlib.contextmanager
+def surrogate_gradient(model: nn.Module, temperature: float) -> Iterator[int]:
+    """Inside the block every KWTA of `model` back-propagates through its smooth stand-in (BPDA).
+
+    Forward passes stay exact (the same logits, bit for bit); only gradients change. Yields how many
+    KWTA modules were switched (0 for a ReLU network, whose gradient is left exact); restores them on exit.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    layers = [m for m in model.modules() if isinstance(m, KWTA)]
+    before = [layer.surrogate_temperature for layer in layers]
+    for layer in layers:
+        layer.surrogate_temperature = temperature
+    try:
+        yield len(layers)
+    finally:
+        for layer, temperature_before in zip(layers, before, strict=True):
+            layer.surrogate_temperature = temperature_before

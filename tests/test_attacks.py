@@ -1,9 +1,13 @@
 """kwta/attacks.py: sanity checks, robust-accuracy bookkeeping, attacks against exactly known answers, tables.
 
-The exact answers come from a two-class linear model: its margin after the best L-inf perturbation is
-margin(x) - eps * ||w_true - w_other||_1 (while no pixel hits 0 or 1), so which images an attack can
-flip is known in closed form. An attack may miss some (it is a heuristic) but never flip a robust one.
+The exact answers come from two constructions. A two-class linear model: its margin after the best L-inf
+perturbation is margin(x) - eps * ||w_true - w_other||_1 (while no pixel hits 0 or 1), so which images an
+attack can flip is known in closed form; an attack may miss some (it is a heuristic) but never flip a
+robust one. And a tiny network whose gradient is masked by construction (`masked_network`): PGD cannot
+break it, attacks that look past the local gradient must.
 """
+
+import math
 
 import pytest
 import torch
@@ -15,19 +19,25 @@ from kwta.attacks import (
     AttackSanityError,
     AttackSettings,
     attack_batch,
+    autoattack_adversary,
     check_adversarials,
+    es_calibration,
     format_csv,
     format_table,
     margin_loss,
     masking_warnings,
     merge_rows,
     parse_table,
+    plus_minus,
     predict,
     project_linf,
     table_row,
+    wilson_interval,
 )
+from kwta.modules import KWTA
 
-CHEAP = AttackSettings(pgd_steps=20, es_steps=20, es_samples=40, eot_samples=4, eot_sigma=0.01)
+CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_steps=20, es_samples=40, eot_samples=4, eot_sigma=0.01,
+                       autoattack_iterations=20, square_queries=1000)
 
 
 def linear_two_class(seed: int = 0, pixels: int = 64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -47,6 +57,29 @@ def exactly_robust(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         margin = -margin_loss(model(images), labels)  # true logit minus the other one
     weight_gap = (weight[labels] - weight[1 - labels]).abs().sum(dim=1)
     return margin > eps * weight_gap
+
+
+def masked_network(n_images: int = 16) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A network whose gradient points away from its decision boundary by construction, and images it gets right.
+
+    u = mean(x) - 0.5 drives two units z = (1 + 10u, 1 - 10u); a k-WTA with k = 1 keeps the larger (a hard
+    threshold at u = 0); the wrong class's logit is 2 z1 + 0.1 z2 - 1 of the kept values, the true one 0.
+    For u < 0 the margin is 0.1 (1 - 10u) - 1 < 0 and grows as u falls: the gradient says "lower u". At
+    u = 0 it jumps to 2 (1 + 10u) - 1 > 0. The images sit at u = -0.05, half of eps = 0.1 below the jump;
+    PGD's random start moves u by 0.007 (one standard deviation), and every gradient step moves it down.
+    """
+    pixels = 64
+    model = nn.Sequential(nn.Flatten(), nn.Linear(pixels, 2), KWTA(k=1), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[10.0], [-10.0]]).expand(2, pixels) / pixels)
+        model[1].bias.copy_(torch.tensor([1.0 - 5.0, 1.0 + 5.0]))
+        model[3].weight.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.1]]))
+        model[3].bias.copy_(torch.tensor([0.0, -1.0]))
+    images = 0.3 + 0.4 * torch.rand(n_images, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = images - images.mean(dim=(1, 2, 3), keepdim=True) + 0.45
+    labels = torch.zeros(n_images, dtype=torch.long)
+    assert torch.equal(predict(model, images), labels)
+    return model.eval(), images, labels
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,17 +129,31 @@ def test_attack_settings_validation_and_step_size():
     assert AttackSettings().pgd_step_size(0.1) == pytest.approx(2.5 * 0.1 / 40)
     assert AttackSettings(pgd_step=0.02).pgd_step_size(0.1) == 0.02
     assert AttackSettings(pgd_rel_stepsize=0.003).pgd_step_size(0.1) == pytest.approx(0.0003)
-    with pytest.raises(ValueError, match="at most one"):
-        AttackSettings(pgd_step=0.01, pgd_rel_stepsize=0.003)
-    with pytest.raises(ValueError, match="es_samples"):
-        AttackSettings(es_samples=0)
+    bad_settings = [(dict(pgd_step=0.01, pgd_rel_stepsize=0.003), "at most one"), (dict(es_samples=0), "es_samples"),
+                    (dict(pgd_loss="hinge"), "pgd_loss"), (dict(bpda_temperatures=(0.1, 0.0)), "bpda"),
+                    (dict(square_queries=0), "square_queries"), (dict(es_probe_batch=0), "es_probe_batch")]
+    for bad, message in bad_settings:
+        with pytest.raises(ValueError, match=message):
+            AttackSettings(**bad)
+
+
+def test_autoattack_defaults_are_the_standard_version():
+    model, _, _ = linear_two_class()
+    adversary = autoattack_adversary(model, 8 / 255, num_classes=10)
+    assert adversary.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert adversary.apgd.n_iter == adversary.apgd_targeted.n_iter == adversary.fab.n_iter == 100
+    assert adversary.apgd.n_restarts == adversary.apgd_targeted.n_restarts == adversary.fab.n_restarts == 1
+    assert adversary.apgd_targeted.n_target_classes == adversary.fab.n_target_classes == 9
+    assert adversary.square.n_queries == 5000 and adversary.norm == "Linf" and adversary.epsilon == 8 / 255
+    cut = autoattack_adversary(model, 0.1, num_classes=5, iterations=7, square_queries=30)
+    assert (cut.apgd.n_iter, cut.square.n_queries, cut.fab.n_target_classes) == (7, 30, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Attacks against the exact answer, and the bookkeeping
 
 
-@pytest.mark.parametrize("name", ["pgd", "deepfool", "es", "eot", "transfer"])
+@pytest.mark.parametrize("name", ["pgd", "deepfool", "apgd-ce", "square", "bpda", "es", "eot", "transfer"])
 def test_attack_finds_the_exactly_known_adversarials_of_a_linear_model(name):
     model, images, labels = linear_two_class()
     eps = 0.01
@@ -114,17 +161,48 @@ def test_attack_finds_the_exactly_known_adversarials_of_a_linear_model(name):
     assert 0.2 < exact.float().mean() < 0.8, "the data should have both robust and breakable images"
     robust, seconds = attack_batch(model, images, labels, eps, [name], CHEAP, source_model=model, seed=1)
     assert not (exact & ~robust[name]).any(), f"{name} broke an image that no eps-perturbation can break"
-    # es only estimates the gradient, so near-boundary images (which need every pixel's sign right) may survive
-    agreement = 0.85 if name == "es" else 0.95
+    # es only estimates the gradient and Square searches at random, so near-boundary images (which need every
+    # pixel's sign right) may survive them
+    agreement = {"es": 0.85, "square": 0.75}.get(name, 0.95)
     assert (robust[name] == exact).float().mean() >= agreement, f"{name} misses adversarials a linear model has"
     assert seconds[name] >= 0
+
+
+def test_a_masked_gradient_stops_pgd_but_not_bpda_square_or_eot():
+    model, images, labels = masked_network()
+    settings = AttackSettings(pgd_restarts=3, square_queries=100, eot_sigma=0.4)
+    robust, _ = attack_batch(model, images, labels, 0.1, ["pgd", "bpda", "square", "eot"], settings)
+    assert robust["pgd"].all(), "every gradient step moves away from the boundary: PGD cannot break an image"
+    assert not robust["bpda"].any(), "the smooth stand-in of the k-WTA layer sees the jump (at temperature 1)"
+    assert not robust["square"].any(), "Square's first squares cover most pixels and cross the jump"
+    assert not robust["eot"].any(), "noise of the jump's distance brings its far side into the average"
+    cold, _ = attack_batch(model, images, labels, 0.1, ["bpda"], AttackSettings(bpda_temperatures=(0.1,)))
+    assert cold["bpda"].all(), "too cold a stand-in passes the exact gradient again: hence several temperatures"
+
+
+def test_worst_case_is_the_and_over_attacks_not_the_minimum(monkeypatch):
+    """Two stubbed attacks break disjoint halves: each leaves half the images, together they leave none."""
+    model, images, labels = masked_network(n_images=12)
+    jump = torch.full_like(images[:1], 0.1)  # +eps on every pixel takes u from -0.05 to +0.05: across the jump
+
+    def breaking(first: int, last: int):
+        def attack(model, x, y, eps, **options):
+            return torch.cat([x[:first], (x[first:last] + jump).clamp(0, 1), x[last:]])
+        return attack
+
+    monkeypatch.setattr(attacks, "pgd", breaking(0, 6))
+    monkeypatch.setattr(attacks, "eot", breaking(6, 12))
+    robust, _ = attack_batch(model, images, labels, 0.1, ["pgd", "eot"], CHEAP)
+    assert robust["pgd"].tolist() == [False] * 6 + [True] * 6
+    assert robust["eot"].tolist() == [True] * 6 + [False] * 6
+    assert robust["worst_case"].sum() == 0
 
 
 def test_robust_accuracy_bookkeeping():
     model, images, labels = linear_two_class(seed=3)
     labels[:10] = 1 - labels[:10]  # misclassified images are never robust, whatever the attack does
     other_model, _, _ = linear_two_class(seed=4)
-    names = ["pgd", "deepfool", "es", "eot", "transfer"]
+    names = ["pgd", "deepfool", "bpda", "es", "eot", "transfer"]
     robust, seconds = attack_batch(model, images, labels, 0.01, names, CHEAP, source_model=other_model)
     assert set(robust) == {"clean", *names, "worst_case"} and set(seconds) == set(names)
     assert robust["clean"].tolist() == [False] * 10 + [True] * (len(labels) - 10)
@@ -143,17 +221,61 @@ def test_attack_batch_rejects_bad_requests():
         attack_batch(model, images, labels, 0.01, ["fgsm"])
     with pytest.raises(ValueError, match="source_model"):
         attack_batch(model, images, labels, 0.01, ["transfer"])
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        attack_batch(model, images, labels, 0.01, ["apgd-t"])
 
 
-def test_random_attacks_are_deterministic_per_seed():
+def test_random_attacks_are_deterministic_per_seed_and_independent_per_attack():
     model, images, labels = linear_two_class()
     for name in ["es", "eot"]:
         first = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=7)
         again = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=7)
         other = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=8)
         assert torch.equal(first, again) and not torch.equal(first, other)
-    pgd_twice = [attacks.pgd(model, images, labels, 0.01, seed=5) for _ in range(2)]
-    assert torch.equal(*pgd_twice)
+    assert torch.equal(*[attacks.pgd(model, images, labels, 0.01, seed=5) for _ in range(2)])
+    # each attack draws its random start from its own stream of the batch's seed
+    starts = {name: attacks.attack_seed(0, name) for name in attacks.ATTACKS}
+    assert len(set(starts.values())) == len(starts)
+
+
+def test_es_probes_are_evaluated_in_bounded_chunks():
+    """Whatever the budget, no forward pass sees more than max(probe_batch, 2 x the images) images."""
+    model, images, labels = linear_two_class()
+    images, labels = images[:5], labels[:5]
+    seen = []
+    model.register_forward_hook(lambda _module, inputs, _output: seen.append(len(inputs[0])))
+    attacks.es(model, images, labels, 0.01, steps=4, samples=60, probe_batch=16)
+    assert max(seen) <= 16 and sum(seen) >= 2 * 60 * len(images)  # the last step alone draws 60 pairs per image
+
+
+def test_es_calibration_verdict():
+    counts, line = es_calibration(0.06, 0.03, 0.1)
+    assert counts and "is an attack" in line
+    counts, line = es_calibration(0.31, 0.03, 0.1)
+    assert not counts and "too weak to count" in line and "28.0%" in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The 95% interval
+
+
+def test_wilson_interval_known_cases():
+    z2 = attacks.INTERVAL_Z**2
+    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # closed forms at the ends
+    assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", 81 of 263: 0.2553 to 0.3662
+    low, high = wilson_interval(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+    # the bounds are where the score test just accepts: |p_hat - p| = z sqrt(p (1 - p) / n)
+    for successes, trials in [(3, 32), (17, 256), (128, 256)]:
+        for bound in wilson_interval(successes, trials):
+            gap = abs(successes / trials - bound) - attacks.INTERVAL_Z * math.sqrt(bound * (1 - bound) / trials)
+            assert abs(gap) < 1e-12
+    low, high = wilson_interval(5, 20)
+    assert (low, high) == pytest.approx((1 - wilson_interval(15, 20)[1], 1 - wilson_interval(15, 20)[0]))
+    assert plus_minus(0.0, wilson_interval(0, 10)) == pytest.approx(z2 / (10 + z2))  # the band covers [0, high]
+    with pytest.raises(ValueError):
+        wilson_interval(3, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,28 +338,45 @@ def test_adaptive_attacks_break_the_relu_network_too(fashion_mnist_relu):
 
 
 def test_masking_warnings():
-    assert masking_warnings({0.1: {"pgd": 0.40, "es": 0.38, "eot": 0.37, "transfer": 0.5}}, 0.0) == []
-    flagged = masking_warnings({0.1: {"pgd": 0.40, "es": 0.30, "transfer": 0.2}})
-    assert len(flagged) == 2 and "es" in flagged[0] and "transfer" in flagged[1]
+    assert masking_warnings({0.1: {"pgd": 0.40, "es": 0.38, "eot": 0.37, "transfer": 0.5, "worst_case": 0.37}}) == []
+    (flagged,) = masking_warnings({0.1: {"pgd": 0.40, "es": 0.30, "transfer": 0.2, "worst_case": 0.1}})
+    assert "worst case leaves 10.0% against PGD's 40.0%" in flagged and "es 30.0%, transfer 20.0%" in flagged
+    # Square beating PGD is no flag while a white-box attack (here APGD-CE) does as well
+    (flagged,) = masking_warnings({0.1: {"pgd": 0.40, "apgd-ce": 0.30, "square": 0.32, "worst_case": 0.3}})
+    assert "worst case" in flagged and "Square (gradient-free)" not in flagged
+    flagged = masking_warnings({0.1: {"pgd": 0.40, "apgd-ce": 0.38, "square": 0.2, "worst_case": 0.2}})
+    assert len(flagged) == 2 and "Square (gradient-free) leaves 20.0%" in flagged[1] and "apgd-ce 38.0%" in flagged[1]
     assert any("does not grow" in w for w in masking_warnings({0.05: {"pgd": 0.3}, 0.1: {"pgd": 0.4}}))
     assert any("does not grow" in w for w in masking_warnings({0.05: {"pgd": 0.3}, 0.1: {"pgd": 0.3}}))
     assert masking_warnings({0.05: {"pgd": 0.0}, 0.1: {"pgd": 0.0}}) == []
+    # the eps curve: PGD must break about every image at its largest eps
+    assert masking_warnings({0.1: {"pgd": 0.2}}, pgd_curve={0.05: 0.4, 0.2: 0.05, 0.8: 0.0}) == []
+    (large,) = masking_warnings({0.1: {"pgd": 0.2}}, pgd_curve={0.05: 0.4, 0.8: 0.03})
+    assert "largest of its curve" in large
     assert "vanish" in masking_warnings({}, vanishing_gradient_share=0.5)[0]
 
 
-def test_table_rows_create_merge_and_csv():
-    relu = table_row("ReLU", {"clean": 0.75, "pgd": 0.125, "worst_case": 0.125})
-    assert relu == ["ReLU", "75.00%", "12.50%", "-", "-", "-", "-", "12.50%"]
+def test_table_rows_with_intervals_create_merge_and_csv():
+    relu = table_row("ReLU", {"clean": 0.75, "pgd": 0.125, "worst_case": 0.125},
+                     {"clean": (0.5, 0.9), "pgd": (0.05, 0.2), "worst_case": (0.05, 0.2)})
+    assert relu[:3] == ["ReLU", "75.00% +- 25.00", "12.50% +- 7.50"] and relu[-1] == "12.50% +- 7.50"
+    assert relu.count("-") == len(relu) - 4  # every attack not run
     kwta_row = table_row("k-WTA-0.2", {"clean": 0.75, "pgd": 0.406, "es": 0.375, "worst_case": 0.2})
     text = format_table(merge_rows(parse_table(""), [relu]))
-    assert text.splitlines()[0] == "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |"
+    assert text.splitlines()[0] == "| Activation | A_std | PGD | Worst case |"  # columns nobody ran are left out
     text = format_table(merge_rows(parse_table(text), [kwta_row]))
-    rerun = table_row("ReLU", {"clean": 0.8, "pgd": 0.1, "worst_case": 0.1})
+    assert text.splitlines()[0] == "| Activation | A_std | PGD | ES | Worst case |"
+    rerun = table_row("ReLU", {"clean": 0.8, "pgd": 0.1, "bpda": 0.05, "worst_case": 0.05})
     rows = merge_rows(parse_table(text), [rerun])
     assert [row[0] for row in rows] == ["ReLU", "k-WTA-0.2"] and rows[0][1] == "80.00%"
     assert parse_table(format_table(rows)) == rows
     csv_lines = format_csv(rows).splitlines()
-    assert csv_lines[0] == "Activation,A_std,PGD,DeepFool,ES,EOT,Transfer,Worst case"
-    assert csv_lines[2] == "k-WTA-0.2,75.00,40.60,,37.50,,,20.00"
+    assert csv_lines[0] == "Activation,A_std,A_std +-,PGD,PGD +-,BPDA,BPDA +-,ES,ES +-,Worst case,Worst case +-"
+    assert csv_lines[2] == "k-WTA-0.2,75.00,,40.60,,,,37.50,,20.00,"
+    assert format_csv([relu]).splitlines()[1] == "ReLU,75.00,25.00,12.50,7.50,12.50,7.50"
+    # a table of the replication's older format still reads, its cells kept as they were
+    old = "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |\n" + "|---" * 8 + "|\n"
+    (row,) = parse_table(old + "| ReLU | 68.75% | 3.12% | 15.62% | 31.25% | 3.12% | - | 3.12% |\n")
+    assert row[:3] == ["ReLU", "68.75%", "3.12%"] and row[-1] == "3.12%"
     with pytest.raises(ValueError, match="not a results table"):
         parse_table("| a | b |\n|---|---|\n| 1 | 2 |\n")

@@ -7,7 +7,7 @@ from kernels import cpu, triton_kwta
 from kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
 from kwta import KWTA, kwta, replace_relu
 from kwta.functional import resolve_backend
-from kwta.modules import set_ratio
+from kwta.modules import set_ratio, surrogate_gradient
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["cpu", "triton"] if DEVICE == "cpu" else ["triton"]
@@ -201,6 +201,7 @@ def test_empty_batch_returns_empty():
         (lambda x: kwta(x.double(), 0.5, backend="triton"), TypeError, "triton"),
         (lambda x: KWTA(0.5, mode="spatial"), ValueError, "mode"),
         (lambda x: KWTA(), ValueError, "exactly one"),
+        (lambda x: kwta(x, 0.5, surrogate_temperature=0.0), ValueError, "surrogate_temperature"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, text):
@@ -234,3 +235,48 @@ def test_auto_backend_dispatch():
     # the cpu path runs on a (rows, N) view of x, so its node sits under the view back to x's shape
     assert type(kwta(x, 0.3).grad_fn.next_functions[0][0]).__name__ == "KWTAFunctionBackward"
     assert type(kwta(x, 0.3, backend="reference").grad_fn).__name__ == "_ReferenceKWTABackward"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The surrogate backward (BPDA): forward exact on every backend, gradient that of x * sigmoid((x - t) / T)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("mode", ["vol", "channel"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_surrogate_forward_is_exact_and_backward_is_the_smooth_gradient(backend, mode, channels_last):
+    x = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    x_exact, x_smooth = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_smooth = kwta(x_smooth, 0.2, mode=mode, backend=backend, surrogate_temperature=0.3)
+    assert_bit_identical(y_smooth, kwta(x_exact, 0.2, mode=mode, backend=backend))
+    y_smooth.backward(grad_y)
+
+    # the stand-in written out with autograd: t the k-th largest of each row, T = 0.3 * the row's std
+    n_rows, n = row_shape(x.shape, mode)
+    rows = x.detach().reshape(n_rows, n).double().requires_grad_()
+    threshold = rows.detach().sort(dim=1, descending=True).values[:, resolve_k(n, 0.2, None) - 1, None]
+    scale = 0.3 * rows.detach().std(dim=1, keepdim=True, correction=0)
+    (rows * torch.sigmoid((rows - threshold) / scale)).backward(grad_y.reshape(n_rows, n).double())
+    torch.testing.assert_close(x_smooth.grad.reshape(n_rows, n), rows.grad.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_surrogate_gradient_switches_a_models_kwta_layers_and_restores_them():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), KWTA(k=3), torch.nn.Linear(8, 8), KWTA(0.5))
+    x = torch.randn(5, 6, requires_grad=True)
+    (exact,) = torch.autograd.grad(model(x).sum(), x)
+    with surrogate_gradient(model, 0.5) as switched:
+        assert switched == 2 and "surrogate_temperature=0.5" in repr(model[1])
+        y = model(x)
+        (smooth,) = torch.autograd.grad(y.sum(), x)
+    assert_bit_identical(y, model(x))
+    assert not torch.equal(smooth, exact)
+    assert all(layer.surrogate_temperature is None for layer in (model[1], model[3]))
+    relu_model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU())
+    with surrogate_gradient(relu_model, 0.5) as switched:
+        assert switched == 0
+    with pytest.raises(ValueError, match="temperature"):
+        with surrogate_gradient(model, -1.0):
+            pass
