@@ -563,7 +563,10 @@ def wilson_interval(successes: int, trials: int, z: float = INTERVAL_Z) -> tuple
     share = successes / trials
     centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
     half_width = z / (1 + z * z / trials) * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+    # at 0 and at `trials` successes the bound is exactly 0 (1); rounding would leave it a hair inside
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    high = 1.0 if successes == trials else min(1.0, centre + half_width)
+    return low, high
 
 
 def plus_minus(share: float, interval: Sequence[float]) -> float:

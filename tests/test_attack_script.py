@@ -9,9 +9,12 @@ import pytest
 
 import attack
 import train
-from kwta.attacks import parse_table
+from kwta.attacks import TABLE_COLUMNS, TABLE_SUITE, parse_table
 
-CHEAP_FLAGS = ["--pgd-steps", "5", "--es-steps", "3", "--es-samples", "4", "--eot-samples", "2", "--device", "cpu"]
+# Cut budgets for speed; the defaults (AutoAttack's 100 iterations and 5000 queries) are tested in test_attacks.py.
+CHEAP_FLAGS = ["--pgd-steps", "5", "--restarts", "2", "--es-steps", "3", "--es-samples", "4", "--eot-samples", "2",
+               "--aa-iterations", "3", "--square-queries", "10", "--bpda-temperatures", "0.3", "--eps-curve", "none",
+               "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -29,43 +32,59 @@ def checkpoints(tmp_path_factory):
 
 
 def run_attack(argv: list[str]) -> None:
-    attack.main(argv + CHEAP_FLAGS)
+    attack.main(CHEAP_FLAGS + argv)
 
 
-def test_all_attacks_end_to_end_with_json_table_and_csv(checkpoints, tmp_path, capsys):
+def test_the_suite_end_to_end_with_intervals_json_table_and_csv(checkpoints, tmp_path, capsys):
     out, table = tmp_path / "results.json", tmp_path / "results.md"
-    run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "all", "--source-checkpoint", checkpoints["relu"],
-                "--n-batches", "2", "--batch-size", "6", "--out", str(out), "--table", str(table)])
+    run_attack(["--checkpoint", checkpoints["kwta"], "--source-checkpoint", checkpoints["relu"],
+                "--n-batches", "2", "--batch-size", "6", "--out", str(out), "--table", str(table),
+                "--eps-curve", "0.3"])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[1].startswith("clean accuracy:")
+    assert printed[1].startswith("clean accuracy:") and "+-" in printed[1] and "95% CI" in printed[1]
     assert any(line.startswith("sanity:") for line in printed)
+    assert any(line.startswith("eps curve, PGD alone: eps 0.1 ") and "eps 0.3 " in line for line in printed)
 
     results = json.loads(out.read_text())
     assert results["spec"]["activation"] == "kwta" and results["eps"] == [0.1] and results["n_images"] == 12
+    assert results["attacks"] == list(TABLE_SUITE) and results["interval_method"] == "Wilson score, 95%"
+    assert results["settings"]["autoattack_iterations"] == 3 and results["settings"]["square_queries"] == 10
     (at_eps,) = results["results"]
-    accuracy = at_eps["accuracy"]
-    assert set(accuracy) == {"pgd", "deepfool", "es", "eot", "transfer", "worst_case"}
-    assert set(at_eps["seconds"]) == {"pgd", "deepfool", "es", "eot", "transfer"}
-    assert results["clean_accuracy"] > 0.2, "one epoch on synthetic data should beat chance (10%)"
-    for name in ("pgd", "deepfool", "es", "eot", "transfer"):
+    accuracy, interval, count = at_eps["accuracy"], at_eps["interval"], at_eps["count"]
+    assert set(accuracy) == set(interval) == set(count) == {*TABLE_SUITE, "worst_case"}
+    assert set(at_eps["seconds"]) == set(TABLE_SUITE)
+    for name in accuracy:
+        assert accuracy[name] == count[name] / 12 and interval[name][0] <= accuracy[name] <= interval[name][1]
         assert accuracy["worst_case"] <= accuracy[name] <= results["clean_accuracy"]
+        assert any(line.startswith(f"eps 0.1: robust accuracy after {name}: {accuracy[name]:.2%} +- ")
+                   for line in printed) or name == "worst_case"
+    # es was calibrated on the ReLU twin, and the verdict follows from the two numbers printed
+    calibration = at_eps["es_calibration"]
+    gap = calibration["es"]["accuracy"] - calibration["pgd"]["accuracy"]
+    assert calibration["model"] == checkpoints["relu"] and calibration["counts_as_attack"] == (gap <= 0.05)
+    assert any(line.startswith("eps 0.1: es calibration on the ReLU twin: ") for line in printed)
+    assert any("too weak to count" in w for w in results["warnings"]) == (gap > 0.05)
+    assert [point["eps"] for point in results["eps_curve"]] == [0.3]
 
     (row,) = parse_table(table.read_text())
-    assert row[0] == "k-WTA-0.2" and row[1] == f"{results['clean_accuracy']:.2%}"
-    assert row[-1] == f"{accuracy['worst_case']:.2%}"
+    assert row[0] == "k-WTA-0.2" and row[1].startswith(f"{results['clean_accuracy']:.2%} +- ")
+    assert row[-1].startswith(f"{accuracy['worst_case']:.2%} +- ")
     assert (tmp_path / "results.csv").read_text().splitlines()[1].startswith("k-WTA-0.2,")
 
 
-def test_table_merges_runs_and_eps_list(checkpoints, tmp_path):
+def test_table_merges_runs_and_eps_list(checkpoints, tmp_path, capsys):
     table = tmp_path / "results.md"
     run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--n-images", "8", "--table", str(table)])
     run_attack(["--checkpoint", checkpoints["relu"], "--attacks", "pgd,eot", "--n-images", "8",
                 "--table", str(table), "--eps-list", "0.05,0.1", "--out", str(tmp_path / "relu.json")])
     run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--n-images", "8", "--table", str(table),
                 "--eps", "0.2"])  # same label: replaces the first row instead of adding one
+    assert "note: es" not in capsys.readouterr().out  # no es, nothing to calibrate
     rows = parse_table(table.read_text())
     assert [row[0] for row in rows] == ["k-WTA-0.2", "ReLU (eps 0.05)", "ReLU (eps 0.1)"]
-    assert rows[0][5] == "-" and rows[1][5] != "-"  # EOT column
+    eot = TABLE_COLUMNS.index("EOT")
+    assert rows[0][eot] == "-" and rows[1][eot] != "-"
+    assert table.read_text().splitlines()[0] == "| Activation | A_std | PGD | EOT | Worst case |"
     curve = json.loads((tmp_path / "relu.json").read_text())["results"]
     assert [r["eps"] for r in curve] == [0.05, 0.1]
     assert all(set(r["accuracy"]) == {"pgd", "eot", "worst_case"} for r in curve)
@@ -87,6 +106,7 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
     assert results[0]["clean_accuracy"] == results[1]["clean_accuracy"] == results[2]["clean_accuracy"]
     assert results[0]["results"][0]["accuracy"] == results[1]["results"][0]["accuracy"]
     assert results[0]["results"][0]["accuracy"] == results[2]["results"][0]["accuracy"]
+    assert results[0]["results"][0]["interval"] == results[2]["results"][0]["interval"]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +115,10 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
         (["--checkpoint", "no/such/checkpoint.pt"], "no file"),
         (["--attacks", "fgsm"], "choose from"),
         (["--attacks", "transfer"], "needs --source-checkpoint"),
+        (["--attacks", "pgd", "--source-checkpoint", "x.pt"], "leaves out"),
+        (["--bpda-temperatures", "0.1,0"], "must be > 0"),
+        (["--eps-curve", "2"], "must be in"),
+        (["--pgd-loss", "hinge"], "invalid choice"),
         (["--eps", "0.1", "--eps-list", "0.1,0.2"], "not both"),
         (["--eps", "2"], "must be in"),
         (["--pgd-step", "0.01", "--pgd-rel-stepsize", "0.003"], "at most one"),
