@@ -21,7 +21,7 @@ bpda,eot,es,transfer; transfer drops out of it without --source-checkpoint):
               gradient-free: the suite runs it alone too, as the check that gradients do not mislead.
   bpda        BPDA: PGD on the margin whose backward goes through x*sigmoid((x - t)/T) in every k-WTA layer
               (t the row's k-th largest value, T = temperature * the row's std) while the forward stays
-              exact; one random start at each of --bpda-temperatures (0.1,0.3,1), the first success kept.
+              exact; one random start at each of --bpda-temperatures (0.3,1,3), the first success kept.
   eot         PGD on the margin with the gradient averaged over --eot-samples (8) Gaussian draws of scale
               --eot-sigma (0.05) around the iterate, --pgd-steps steps of --pgd-step.
   es          Tramer et al. (2020)'s attack on k-WTA: sign steps on the logit margin with the gradient
@@ -68,6 +68,7 @@ from tqdm import tqdm
 from kwta import distributed
 from kwta.attacks import (
     ATTACKS,
+    BPDA_TEMPERATURES,
     TABLE_SUITE,
     AttackSanityError,
     AttackSettings,
@@ -155,8 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     knobs.add_argument("--aa-iterations", type=positive_int, default=100,
                        help="AutoAttack's APGD-CE, APGD-T, FAB-T iterations (standard: 100)")
     knobs.add_argument("--square-queries", type=positive_int, default=5000, help="Square's queries (standard: 5000)")
-    knobs.add_argument("--bpda-temperatures", type=temperature_list, default=(0.1, 0.3, 1.0), metavar="T1,T2,...",
-                       help="bpda's temperatures, times each row's std (0.1,0.3,1)")
+    knobs.add_argument("--bpda-temperatures", type=temperature_list, default=BPDA_TEMPERATURES, metavar="T1,T2,...",
+                       help="bpda's temperatures, times each row's std (0.3,1,3)")
     knobs.add_argument("--es-steps", type=positive_int, default=20, help="es sign steps (20)")
     knobs.add_argument("--es-samples", type=positive_int, default=50,
                        help="es antithetic pairs per image on the last step (50)")

@@ -1,15 +1,17 @@
 """The main job, end to end on Fashion-MNIST: train ReLU, k-WTA 0.2 and k-WTA 0.1 resnet18-cifar networks,
-attack each with PGD, DeepFool, the adaptive attacks (es, eot) and transfer from the ReLU twin, draw the
-loss landscapes and the curves, and write results/demo/summary.md.
+attack each with attack.py's whole suite (PGD, DeepFool, AutoAttack, Square, BPDA, eot, es, and for the
+k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PGD's eps curve up to
+8 x eps, draw the loss landscapes and the curves, and write results/demo/summary.md.
 
     make demo                                  # = .venv/bin/python scripts/demo.py
-    python scripts/demo.py --epochs 10 --train-subset 60000 --n-images 320    # a bigger run (GPU)
+    python scripts/demo.py --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
+        --square-queries 5000 --restarts 5 --es-steps 20 --es-samples 50 --eot-samples 8    # a bigger run (GPU)
 
-The defaults fit about 20 minutes on 2 CPU cores (measured: 18.9 min for the pipeline, 2 min more for
-`make setup` on a fresh clone; README, "The demo, measured"): 3,000 training images for 3 epochs, 1,000 test
-images, 32 attacked images, and the adaptive attacks cut down (es 10 steps of up to 20 pairs, eot 4
-draws per step); the summary states every setting. A second run reuses every finished step
-(checkpoints, attack results, figures) and resumes a half-trained network.
+The defaults fit about 20 minutes on 2 CPU cores (README, "The demo, measured"): 3,000 training images
+for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images, AutoAttack's
+iterations and Square's queries, PGD's restarts, es and eot below their defaults; the summary states
+every setting. A second run reuses every finished step (checkpoints, attack results, figures) and resumes
+a half-trained network.
 """
 
 import argparse
@@ -43,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=positive_float, default=0.05)
     parser.add_argument("--n-images", type=positive_int, default=32, help="test images attacked per model")
+    parser.add_argument("--restarts", type=positive_int, default=2, help="PGD's and transfer's random starts")
+    parser.add_argument("--aa-iterations", type=positive_int, default=20, help="AutoAttack's (standard: 100)")
+    parser.add_argument("--square-queries", type=positive_int, default=500, help="Square's (standard: 5000)")
     parser.add_argument("--es-steps", type=positive_int, default=10)
     parser.add_argument("--es-samples", type=positive_int, default=20)
     parser.add_argument("--eot-samples", type=positive_int, default=4)
@@ -70,13 +75,13 @@ def build_steps(args, out: Path) -> list[Step]:
         ))
     relu_checkpoint = out / "runs" / "relu" / "checkpoint.pt"
     for name, _, _ in MODELS:
-        attacks = "pgd,deepfool,es,eot" + (",transfer" if name != "relu" else "")
         steps.append(Step(
             f"attack-{name}",
             python_command(
-                "attack.py", "--checkpoint", out / "runs" / name / "checkpoint.pt", "--attacks", attacks,
+                "attack.py", "--checkpoint", out / "runs" / name / "checkpoint.pt",  # the whole suite, by default
                 *(["--source-checkpoint", relu_checkpoint] if name != "relu" else []),
-                "--n-images", args.n_images, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
+                "--n-images", args.n_images, "--restarts", args.restarts, "--aa-iterations", args.aa_iterations,
+                "--square-queries", args.square_queries, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
                 "--eot-samples", args.eot_samples, "--device", args.device,
                 "--out", out / "attacks" / f"{name}.json", *data,
             ),
@@ -103,14 +108,30 @@ def build_steps(args, out: Path) -> list[Step]:
 
 def write_summary(args, out: Path, seconds: float) -> Path:
     label = {"relu": "ReLU", "kwta-0.2": "k-WTA-0.2", "kwta-0.1": "k-WTA-0.1"}
-    rows, training, warnings = [], [], []
-    for name, _, _ in MODELS:
-        result = json.loads((out / "attacks" / f"{name}.json").read_text())
-        rows.append(table_row(label[name], {"clean": result["clean_accuracy"], **result["results"][0]["accuracy"]}))
+    results = {name: json.loads((out / "attacks" / f"{name}.json").read_text()) for name, _, _ in MODELS}
+    attacks = list(dict.fromkeys(a for result in results.values() for a in result["attacks"]))
+    curve_eps = sorted({r["eps"] for result in results.values() for r in result["results"] + result["eps_curve"]})
+    rows, timing, curves, checks, training, warnings = [], [], [], [], [], []
+    for name, result in results.items():
+        (at_eps,) = result["results"]
+        rows.append(table_row(label[name], {"clean": result["clean_accuracy"], **at_eps["accuracy"]},
+                              {"clean": result["clean_interval"], **at_eps["interval"]}))
+        took = at_eps["seconds"]
+        timing.append(f"| {label[name]} | " + " | ".join(f"{took[a]:.0f}" if a in took else "-" for a in attacks)
+                      + " |")
+        pgd = {at_eps["eps"]: at_eps["accuracy"]["pgd"], **{p["eps"]: p["pgd"] for p in result["eps_curve"]}}
+        curves.append(f"| {label[name]} | " + " | ".join(f"{pgd[e]:.1%}" if e in pgd else "-" for e in curve_eps)
+                      + " |")
+        if "es_calibration" in at_eps:
+            calibration = at_eps["es_calibration"]
+            checks.append(f"- {label[name]}: on the ReLU model es leaves {calibration['es']['accuracy']:.1%}, PGD "
+                          f"{calibration['pgd']['accuracy']:.1%}: es at this budget "
+                          + ("counts as an attack" if calibration["counts_as_attack"] else "is too weak to count"))
         warnings += [f"- {label[name]}: {warning}" for warning in result["warnings"]]
         run = json.loads((out / "runs" / name / "summary.json").read_text())
         training.append(f"| {label[name]} | {run['final_test_acc']:.2%} | {run['seconds_per_epoch']:.0f} |")
-    eps = json.loads((out / "attacks" / "relu.json").read_text())["eps"][0]
+    relu = results["relu"]
+    eps, settings = relu["eps"][0], relu["settings"]
     device = json.loads((out / "runs" / "relu" / "summary.json").read_text())["device"]
     times = step_seconds(out / "logs")
     total = sum(times.values())
@@ -122,21 +143,44 @@ def write_summary(args, out: Path, seconds: float) -> Path:
         f"{os.cpu_count()} CPU cores, device {device}. The steps took {total / 60:.1f} min when they ran "
         f"(minutes: {', '.join(f'{step} {took / 60:.1f}' for step, took in times.items())}); this invocation "
         f"took {seconds / 60:.1f} min, reusing finished steps.",
-        "The demo's defaults (3,000 training images, 3 epochs, 32 attacked images, es and eot cut down) are sized",
-        "for about 20 minutes on 2 CPU cores; this run's settings:",
+        "The demo's defaults (3,000 training images, 3 epochs, 32 attacked images, every attack cut in size) are",
+        "sized for about 20 minutes on 2 CPU cores; this run's settings:",
         "",
         f"Training: {args.train_subset} images, {args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr} "
         f"(x0.1 for the last epoch), momentum 0.9; test accuracy on {args.test_subset} test images.",
-        f"Attacks: L-inf eps {eps:g} on the first {args.n_images} test images; PGD 40 steps of 2.5*eps/40 "
-        f"(foolbox LinfPGD), DeepFool 20 steps (foolbox), es {args.es_steps} steps of up to {args.es_samples} "
-        f"antithetic pairs, eot 40 steps of {args.eot_samples} draws, transfer = PGD on the ReLU model.",
-        f"Small-sample figures (one image is 1/{args.n_images} of a column): read them for their direction.",
+        f"Attacks (attack.py's suite): L-inf eps {eps:g} on the first {relu['n_images']} test images; PGD "
+        f"{settings['pgd_steps']} steps of 2.5*eps/{settings['pgd_steps']}, {settings['pgd_restarts']} random starts, "
+        f"first adversarial iterate kept; DeepFool {settings['deepfool_steps']} steps (foolbox); AutoAttack's "
+        f"standard version (pyautoattack) at {settings['autoattack_iterations']} iterations (standard 100) and "
+        f"{settings['square_queries']} Square queries (standard 5000); Square alone, as many queries; BPDA at "
+        f"temperatures {', '.join(f'{t:g}' for t in settings['bpda_temperatures'])}; eot {settings['pgd_steps']} "
+        f"steps of {settings['eot_samples']} draws; es {settings['es_steps']} steps of up to "
+        f"{settings['es_samples']} antithetic pairs; transfer = PGD on the ReLU model, {settings['pgd_restarts']} "
+        f"starts.",
+        f"Each figure: the robust accuracy +- the half-width of a band covering its 95% Wilson interval; with "
+        f"{relu['n_images']} images one image is {100 / relu['n_images']:.1f} points: read them for their direction.",
         "",
         "## Robust accuracy (an image counts only if classified correctly and the attack failed)",
         "",
         format_table(rows),
         "Worst case counts an image only if it survived every attack. Plain PGD overstates k-WTA's robustness",
-        "wherever es, eot or transfer leave less. attack.py's gradient-masking warnings:",
+        "wherever another attack leaves less. Seconds per attack (2 CPU cores unless the summary says otherwise):",
+        "",
+        "| Activation | " + " | ".join(attacks) + " |",
+        "|---|" + "---|" * len(attacks),
+        *timing,
+        "",
+        "es calibrated on the ReLU model (es must come within 5 points of PGD there to count):",
+        "",
+        *(checks or ["- es was not run"]),
+        "",
+        "PGD alone against eps (the masking check: its success must grow with eps and reach about 100%):",
+        "",
+        "| Activation | " + " | ".join(f"eps {e:g}" for e in curve_eps) + " |",
+        "|---|" + "---|" * len(curve_eps),
+        *curves,
+        "",
+        "attack.py's warnings (gradient masking, es calibration):",
         "",
         *(warnings or ["- none"]),
         "",

@@ -8,8 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "2",
-        "--es-steps", "2", "--es-samples", "2", "--eot-samples", "1", "--landscape-steps", "3",
-        "--device", "cpu"]
+        "--restarts", "1", "--aa-iterations", "2", "--square-queries", "5", "--es-steps", "2", "--es-samples", "2",
+        "--eot-samples", "1", "--landscape-steps", "3", "--device", "cpu"]
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
@@ -20,9 +20,11 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     for row in ("| ReLU |", "| k-WTA-0.2 |", "| k-WTA-0.1 |"):
         assert row in summary
-    assert "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |" in summary
+    header = "| Activation | A_std | PGD | DeepFool | AutoAttack | Square | BPDA | EOT | ES | Transfer | Worst case |"
+    assert header in summary and "+-" in summary.split(header)[1].splitlines()[2]  # every figure has its interval
+    assert "es calibrated on the ReLU model" in summary and "| Activation | eps 0.05 | eps 0.1 | eps 0.2 |" in summary
     assert "(minutes: train-relu " in summary and "device cpu" in summary  # each step's time, kept for reruns
-    assert "gradient-masking warnings:" in summary
+    assert "attack.py's warnings" in summary
     for figure in ("landscape.png", "landscape.npz", "curves.png"):
         assert (tmp_path / figure).stat().st_size > 0
 
