@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     if "es" in args.attacks:
         if source_spec is not None and source_spec["activation"] == "relu":
             calibration_model = source_model
-        elif source_spec is None and spec["activation"] == "relu":
+        elif spec["activation"] == "relu":
             calibration_model = model
         else:
             args.notes.append("es is uncalibrated: no ReLU twin (--source-checkpoint) to calibrate it on")

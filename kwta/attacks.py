@@ -12,7 +12,7 @@ The suite (TABLE_SUITE, what attack.py runs by default):
   deepfool    foolbox LinfDeepFoolAttack (the replication's).
   autoattack  AutoAttack's standard version from the official code (pyautoattack): APGD-CE, APGD-T,
               FAB-T, Square. Its parts also run alone: apgd-ce, apgd-t, fab (FAB-T), square.
-  square      Square Attack alone: score-based and gradient-free, so gradient masking cannot fool it.
+  square      Square Attack alone: score-based and gradient-free, so a misleading gradient cannot stop it.
   bpda        PGD on the margin whose backward goes through a smooth stand-in of every k-WTA layer
               (kwta.modules.surrogate_gradient; forward exact), at a few temperatures.
   eot         PGD on the margin with the gradient averaged over Gaussian noise around the iterate.
