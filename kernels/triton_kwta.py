@@ -35,7 +35,9 @@ import triton
 import triton.language as tl
 
 TILE = 4096  # elements per program: the one-program-per-row limit and the chunk of the split path
-BINS = 2048
+# A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
+# globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
+BINS = tl.constexpr(2048)
 
 
 @triton.jit
@@ -194,7 +196,7 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
                                     num_warps=min(max(block // 512, 1), 8))
         return y, winner_bits
     grid = (n_rows, triton.cdiv(n, TILE))
-    hist = torch.zeros((n_rows, num_passes, BINS), dtype=torch.int32, device=rows.device)
+    hist = torch.zeros((n_rows, num_passes, BINS.value), dtype=torch.int32, device=rows.device)
     for p in range(num_passes):
         _kwta_hist_kernel[grid](rows, hist, n, k, PASS=p, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)
     _kwta_mask_kernel[grid](rows, y, winner_bits, hist, n, k, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)
