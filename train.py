@@ -26,7 +26,7 @@ from kwta import distributed
 from kwta.adversarial import pgd_linf
 from kwta.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from kwta.cli import positive_int, unit_interval
-from kwta.data import DATASETS, DEFAULT_EPS, get_datasets
+from kwta.data import DATASETS, DEFAULT_EPS, EpochIndexSampler, EpochSeeded, get_datasets
 from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model
 from kwta.modules import set_ratio
 
@@ -219,12 +219,16 @@ def main(argv: list[str] | None = None) -> None:
             write_metrics(metrics_path, history)
 
     workers = args.workers if args.workers is not None else (4 if on_cuda else 0)
-    loader_options = dict(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0)
-    # DistributedSampler also in one process: its shuffle is a function of (seed, epoch), which resuming needs.
+    # The loaders draw their worker seeds from a generator of their own, never from the global RNG that
+    # the per-epoch reseed below governs (dropout, PGD starts): loading must not shift that stream.
+    loader_options = dict(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(args.seed))
+    # DistributedSampler also in one process: its shuffle is a function of (seed, epoch), which resuming needs;
+    # each sample's augmentation is a function of (seed, epoch, index), whichever worker loads it.
     train_sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
     # drop_last: a final batch of one sample breaks BatchNorm where the feature map is 1x1.
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
-                              **loader_options)
+    train_loader = DataLoader(EpochSeeded(train_ds, args.seed), batch_size=args.batch_size,
+                              sampler=EpochIndexSampler(train_sampler), drop_last=True, **loader_options)
     # Each process tests a disjoint shard (no padding, unlike DistributedSampler), so counts sum exactly.
     test_shard = Subset(test_ds, range(rank, len(test_ds), world_size))
     test_loader = DataLoader(test_shard, batch_size=4 * args.batch_size, **loader_options)
