@@ -53,13 +53,32 @@ def test_training_writes_metrics_summary_and_a_loadable_checkpoint(two_epoch_run
     assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
 
     # The checkpoint alone rebuilds the model, and it scores on the test set what the run recorded.
-    model, checkpoint = load_model(run_dir / "checkpoint.pt")
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["spec"]["ratio"] == 0.2 and checkpoint["epoch"] == 2
+    assert checkpoint["spec"]["train_precision"] == "fp32"  # auto on CPU
+    assert fp32_test_scores(run_dir)[1] == pytest.approx(metrics[-1]["test_acc"])
+
+
+def fp32_test_scores(run_dir) -> tuple[float, float]:
+    """(loss, accuracy) of the run's checkpoint, scored here in fp32 on TINY_RUN's 24 test images."""
+    model, _ = load_model(run_dir / "checkpoint.pt")
     _, test_ds, _ = get_datasets("synthetic", test_subset=24, seed=0)
     images, labels = torch.stack([image for image, _ in test_ds]), torch.tensor([label for _, label in test_ds])
     with torch.no_grad():
-        accuracy = (model(images).argmax(1) == labels).float().mean().item()
-    assert accuracy == pytest.approx(metrics[-1]["test_acc"])
+        logits = model(images)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def test_bf16_training_is_recorded_and_test_accuracy_is_measured_in_fp32(tmp_path):
+    """k-WTA's winners depend on the arithmetic: the recorded test accuracy must be the fp32 one attack.py sees."""
+    result = train(*TINY_RUN, "--epochs", "1", "--precision", "bf16", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training in bf16 autocast (test accuracy in fp32)" in result.stdout
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["spec"]["train_precision"] == "bf16"
+    loss, accuracy = fp32_test_scores(tmp_path)
+    recorded = read_metrics(tmp_path)[0]
+    # bf16 logits would move the loss by about 1e-3; fp32 ones agree to rounding
+    assert loss == pytest.approx(recorded["test_loss"], rel=1e-5) and accuracy == pytest.approx(recorded["test_acc"])
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
