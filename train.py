@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         train_loss, train_correct, train_seen = distributed.all_reduce_sum(
             [loss_sum.item(), correct.item(), seen], device)
         train_seconds = time.perf_counter() - epoch_start
-        test_loss, test_acc = evaluate(model, test_loader, device, memory_format)
+        distributed.broadcast_buffers(bare_model)
+        test_loss, test_acc = evaluate(bare_model, test_loader, device, memory_format)
 
         row = {
             "epoch": epoch + 1, "lr": lr, "ratio": ratio if args.activation == "kwta" else None,

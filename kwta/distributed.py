@@ -53,6 +53,20 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return totals.tolist()
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    In training each process updates its running statistics on its own batches, so after the last step
+    they differ between processes. Evaluating the bare module once they agree scores, on every process,
+    the model rank 0 checkpoints. DDP's forward broadcasts buffers as well, but as a collective inside
+    each forward it needs every process to run equally many forwards, which test shards of unequal
+    length (65 and 64 images in batches of 64) do not give.
+    """
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
