@@ -35,7 +35,9 @@ The ReLU twin: --source-checkpoint names the model trained like this one but wit
 it, and es is calibrated on it: es and PGD both run there (same images, settings, seeds), and attack.py
 prints whether es comes within 5 points of PGD, or that es at this budget is too weak to count. attack.py
 takes it as the twin when its dataset, input size and classes match and its activation is ReLU; when the
-checkpoint itself is a ReLU model, es is calibrated on it directly.
+checkpoint itself is a ReLU model, es is calibrated on it directly. When the twin has been attacked already
+(same images, eps, settings and seed), --twin-results TWIN.json reads those two figures instead of
+computing them again.
 
 Only correctly classified images are attacked; an image counts as robust if it is classified correctly
 and the attack failed, and worst case counts it only if it survived every attack run. Every attack's
@@ -134,6 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated from {','.join(ATTACKS)}, or all (the default: {','.join(TABLE_SUITE)})")
     target.add_argument("--source-checkpoint", metavar="TWIN",
                         help="the ReLU twin: transfer crafts on it and es is calibrated on it (see above)")
+    target.add_argument("--twin-results", metavar="JSON",
+                        help="the twin's own attack.py --out JSON (same images, eps, settings, seed): es's calibration "
+                             "reads PGD's and es's figures there instead of computing them again")
     target.add_argument("--eps", type=epsilon, help="L-inf budget (default by dataset: "
                         + ", ".join(f"{name} {value}" for name, value in DEFAULT_EPS.items()) + ")")
     target.add_argument("--eps-list", type=epsilon_list, metavar="E1,E2,...",
@@ -185,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.notes.append("transfer left out of the suite: no --source-checkpoint (the ReLU twin) given")
     if args.source_checkpoint and not {"transfer", "es"} & set(args.attacks):
         parser.error("--source-checkpoint is used by transfer and es's calibration, which --attacks leaves out")
+    if args.twin_results and not (args.source_checkpoint and "es" in args.attacks):
+        parser.error("--twin-results calibrates es on --source-checkpoint: give both, and es in --attacks")
     if args.table and not args.table.endswith(".md"):
         parser.error(f"--table must name a .md file, got {args.table}")
     try:
@@ -213,6 +220,28 @@ def batch_seed(seed: int, batch_index: int) -> int:
 def read_text(path: str) -> str:
     with open(path) as file:
         return file.read()
+
+
+def twin_counts(path: str, args: argparse.Namespace, eps_list: list[float]) -> dict[float, dict[str, int]]:
+    """{eps: {"pgd": robust images, "es": robust images}} from the twin's attack.py JSON, which must be the
+    twin attacked on the same images with the same settings and seed."""
+    try:
+        twin = json.loads(read_text(path))
+        differing = [key for key, same in [
+            ("checkpoint", os.path.samefile(twin["checkpoint"], args.source_checkpoint)),
+            ("n_images", twin["n_images"] == args.n_images),
+            ("settings", twin["settings"] == json.loads(json.dumps(asdict(args.settings)))),
+            ("seed", twin["seed"] == args.seed),
+        ] if not same]
+        counts = {result["eps"]: result["count"] for result in twin["results"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"--twin-results {path}: not an attack.py results file of --source-checkpoint ({error})")
+    if differing:
+        fail(f"--twin-results {path}: its {', '.join(differing)} differ from this run's")
+    missing = [eps for eps in eps_list if not {"pgd", "es"} <= set(counts.get(eps, {}))]
+    if missing:
+        fail(f"--twin-results {path}: no PGD and es figures at eps {', '.join(map(str, missing))}")
+    return {eps: {"pgd": counts[eps]["pgd"], "es": counts[eps]["es"]} for eps in eps_list}
 
 
 def row_label(spec: dict) -> str:
@@ -282,12 +311,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         curve_eps = [] if args.eps_curve == "none" else [eps for eps in args.eps_curve if eps not in eps_list]
     # es is calibrated on a ReLU network: the twin, or the checkpoint itself when it is one.
-    calibration_model = None
+    calibration_model = calibration_path = precomputed = None
     if "es" in args.attacks:
         if source_spec is not None and source_spec["activation"] == "relu":
-            calibration_model = source_model
+            calibration_model, calibration_path = source_model, args.source_checkpoint
+            if args.twin_results:
+                precomputed = twin_counts(args.twin_results, args, eps_list)
+        elif args.twin_results:
+            fail(f"--twin-results needs a ReLU --source-checkpoint, not a {source_spec['activation']} one")
         elif spec["activation"] == "relu":
-            calibration_model = model
+            calibration_model, calibration_path = model, args.checkpoint
         else:
             args.notes.append("es is uncalibrated: no ReLU twin (--source-checkpoint) to calibrate it on")
     # Whole batches go to processes round-robin; seeds depend on the batch alone, so any split gives the same.
@@ -344,17 +377,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"eps {eps:g}: worst case over {','.join(args.attacks)}: "
                   f"{figure(accuracy['worst_case'], result['interval']['worst_case'])}")
         if calibration_model is not None:
-            if calibration_model is model and "pgd" in args.attacks:
-                twin_counts = {name: counts[name] for name in ("pgd", "es")}
+            if precomputed is not None:
+                on_twin = precomputed[eps]
+            elif calibration_model is model and "pgd" in args.attacks:
+                on_twin = {name: counts[name] for name in ("pgd", "es")}
             else:
                 twin_masks, _ = run_attacks(calibration_model, my_batches, eps, ["pgd", "es"], args.settings, args.seed,
                                             desc=f"es calibration eps={eps:g}")
-                twin_counts = totals(twin_masks, device)
-            counts_as_attack, line = es_calibration(twin_counts["es"] / args.n_images,
-                                                    twin_counts["pgd"] / args.n_images, eps)
+                on_twin = totals(twin_masks, device)
+            counts_as_attack, line = es_calibration(on_twin["es"] / args.n_images, on_twin["pgd"] / args.n_images, eps)
             result["es_calibration"] = {
-                "model": args.source_checkpoint or args.checkpoint, "counts_as_attack": counts_as_attack,
-                **{name: {"accuracy": c / args.n_images, "interval": interval(c)} for name, c in twin_counts.items()},
+                "model": calibration_path, "from": args.twin_results or "this run",
+                "counts_as_attack": counts_as_attack,
+                **{name: {"accuracy": c / args.n_images, "interval": interval(c)} for name, c in on_twin.items()},
             }
             if not counts_as_attack:
                 warnings.append(line)

@@ -79,14 +79,16 @@ def build_steps(args, out: Path) -> list[Step]:
             f"attack-{name}",
             python_command(
                 "attack.py", "--checkpoint", out / "runs" / name / "checkpoint.pt",  # the whole suite, by default
-                *(["--source-checkpoint", relu_checkpoint] if name != "relu" else []),
+                # the twin: transfer crafts on it; es's calibration on it reads the ReLU step's figures
+                *(["--source-checkpoint", relu_checkpoint, "--twin-results", out / "attacks" / "relu.json"]
+                  if name != "relu" else []),
                 "--n-images", args.n_images, "--restarts", args.restarts, "--aa-iterations", args.aa_iterations,
                 "--square-queries", args.square_queries, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
                 "--eot-samples", args.eot_samples, "--device", args.device,
                 "--out", out / "attacks" / f"{name}.json", *data,
             ),
             done=out / "attacks" / f"{name}.json",
-            needs=[f"train-{name}", "train-relu"],
+            needs=[f"train-{name}"] + ([] if name == "relu" else ["attack-relu"]),
         ))
     checkpoints = [out / "runs" / name / "checkpoint.pt" for name, _, _ in MODELS]
     steps.append(Step(

@@ -110,6 +110,22 @@ def test_table_merges_runs_and_eps_list(checkpoints, tmp_path, capsys):
     assert all(set(r["accuracy"]) == {"pgd", "eot", "worst_case"} for r in curve)
 
 
+def test_es_calibration_reads_the_twins_own_results(checkpoints, tmp_path, capsys):
+    relu_json, kwta_json = tmp_path / "relu.json", tmp_path / "kwta.json"
+    run_attack(["--checkpoint", checkpoints["relu"], "--attacks", "pgd,es", "--n-images", "6", "--out", str(relu_json)])
+    twin = json.loads(relu_json.read_text())["results"][0]
+    run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "es", "--source-checkpoint", checkpoints["relu"],
+                "--twin-results", str(relu_json), "--n-images", "6", "--out", str(kwta_json)])
+    calibration = json.loads(kwta_json.read_text())["results"][0]["es_calibration"]
+    assert calibration["from"] == str(relu_json) and calibration["model"] == checkpoints["relu"]
+    assert [calibration[name]["accuracy"] for name in ("pgd", "es")] == [twin["accuracy"][n] for n in ("pgd", "es")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # other images: the twin's figures do not apply
+        run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "es", "--source-checkpoint", checkpoints["relu"],
+                    "--twin-results", str(relu_json), "--n-images", "5"])
+    assert "its n_images differ" in str(exit_info.value.code)
+
+
 def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
     """Per-batch seeds: a rerun, and two torchrun processes splitting the batches, give identical counts."""
     flags = ["--checkpoint", checkpoints["kwta"], "--attacks", "pgd,es", "--n-images", "7", "--batch-size", "3"]
@@ -139,6 +155,7 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
         (["--bpda-temperatures", "0.1,0"], "must be > 0"),
         (["--eps-curve", "2"], "must be in"),
         (["--pgd-loss", "hinge"], "invalid choice"),
+        (["--attacks", "pgd", "--twin-results", "relu.json"], "give both"),
         (["--eps", "0.1", "--eps-list", "0.1,0.2"], "not both"),
         (["--eps", "2"], "must be in"),
         (["--pgd-step", "0.01", "--pgd-rel-stepsize", "0.003"], "at most one"),
