@@ -57,7 +57,7 @@ BINS = 1 << FIRST_DIGIT_BITS  # the widest digit; later digits are at most as wi
 BLOCK = 512  # elements per block of the first two reads: the block's scratch stays in L1
 SMALL_ROW = 4 * BINS  # shorter rows histogram in one scalar loop that tracks the bins it touches
 PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, handing work to threads costs more than it saves
-TASKS_PER_THREAD = 4  # row blocks per thread: a thread slowed by another job's spinning hands work on
+TASKS_PER_THREAD = 2  # row blocks per thread: a thread slowed by another job hands work to the others
 SPLIT_MIN_CHUNK = 1 << 15  # elements per chunk of a split row: below it merging costs more than it saves
 
 
@@ -108,15 +108,14 @@ def _histogram_first_digit(row, abs_mask, inf, shift, hist, digits):
 
 @numba.njit(inline="always")
 def _select_bin(hist, low, high, k_left):
-    """(bin holding the k_left-th largest, rank within it, its count); clears hist[low..high] for reuse."""
+    """(bin holding the k_left-th largest, its rank within that bin); clears hist[low..high] for reuse."""
     above = 0
     chosen = high
     while above + hist[chosen] < k_left:
         above += hist[chosen]
         chosen -= 1
-    count = hist[chosen]
     hist[low : high + 1] = 0
-    return chosen, k_left - above, count
+    return chosen, k_left - above
 
 
 @numba.njit(inline="always")
@@ -165,7 +164,7 @@ def _narrow(candidates, m, prefix, shift, k_left, hist):
             hist[np.uintp(digit)] += 1
             low = min(low, digit)
             high = max(high, digit)
-        chosen, k_left, _ = _select_bin(hist, low, high, k_left)
+        chosen, k_left = _select_bin(hist, low, high, k_left)
         prefix = (prefix << width) | chosen
         kept = 0
         for i in range(m):  # compact in place, branch-free: a key is always written, kept on a match
@@ -217,7 +216,7 @@ def _forward_rows(x_bits, k, abs_mask, inf, key_bits, y_bits, winner_bits):
     for r in range(x_bits.shape[0]):
         row = x_bits[r]
         low, high = _histogram_first_digit(row, abs_mask, inf, shift, hist, scratch)
-        chosen, k_left, _ = _select_bin(hist, low, high, k)
+        chosen, k_left = _select_bin(hist, low, high, k)
         prefix = chosen - (BINS >> 1)
         m = _collect_candidates(row, abs_mask, inf, shift, prefix, candidates, 0, scratch.view(np.uint8))
         threshold = _narrow(candidates, m, prefix, shift, k_left, hist)
@@ -241,7 +240,7 @@ def _merge_first_digits(hist, k):
     k_left = np.empty(n_rows, np.int64)
     starts = np.zeros((n_rows, chunks + 1), np.int64)
     for r in range(n_rows):
-        chosen, k_left[r], _ = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k)
+        chosen, k_left[r] = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k)
         prefixes[r] = chosen - (BINS >> 1)
         starts[r, 1:] = np.cumsum(hist[r, :, chosen])
     return prefixes, k_left, starts
