@@ -33,4 +33,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 bench: setup
-	$(PY) -m kernels.bench
+	$(PY) -m bench
