@@ -6,27 +6,28 @@ so -0.0 and +0.0 share key 0, NaN sits above +inf, and ordering keys orders the 
 DESIGN.md does. The threshold key T, the k-th largest key of a row, is found digit by digit, most
 significant first, as in kernels/triton_kwta.py:
     float32            11 / 11 / 10 bits                 (2048, 2048, 1024 bins)
-    float16, bfloat16  11 /  5 bits                      (their own 16-bit keys)
+    float16, bfloat16  11 /  5 bits                      (their own 16-bit keys: two passes)
     float64            11 / 11 / 11 / 11 / 10 / 10 bits  (64-bit keys)
 Each pass histograms one digit of the remaining candidates, and the bin holding the k-th largest
-becomes the next prefix. Only the first pass histograms the whole row. A second read of the row
-copies the keys whose first digit matched (a few percent of a row of activations: sign, exponent
-and two mantissa bits leave about four bins per octave) into a candidate buffer, and every later
-pass works on that buffer alone, compacting it in place. That is why float64 keeps 64-bit keys and
-eleven-bit digits: its four extra digits cost passes over a few percent of a row, where a wider
-first digit would cost every element a histogram twice or more the size of L1. Then
-winners = key >= T (ties at T and NaN all win): one last read writes y (x's bits on winners, +0.0
-elsewhere) and one bit per element (bit i % 8 of byte i // 8). Working on raw bits makes one path
-serve every float dtype bit-exactly.
+becomes the next prefix. Only the first pass reads the whole row; it also keeps every element's
+first digit (16 bits). The keys whose first digit matched the chosen bin (a few percent of a row of
+activations: sign, exponent and two mantissa bits give about four bins per octave) are then copied
+to a candidate buffer, and every later pass works on that buffer alone, compacting it in place.
+So float64 keeps 64-bit keys and eleven-bit digits: its four extra digits are passes over a few
+percent of a row, where a wider first digit would give every thread a histogram of 4096 or more
+bins for each element to hit. Then winners = key >= T (ties at T and NaN all win), and a last read
+of the row writes y (x's bits on winners, +0.0 elsewhere) and one bit per element (bit i % 8 of
+byte i // 8). Working on raw bits makes one path serve every float dtype bit-exactly.
 
-Speed. The first two reads work in blocks of BLOCK elements: keys, digits and match bits are
-computed in vectorised loops, and only the histogram increments (one per element) and the copy of
-the matches (found by their set bits) stay scalar. Histogram indices are unsigned, which spares
-numba's negative-index fix-up on each increment.
+Speed. The first pass and the candidate copy work in blocks of BLOCK elements: keys, digits and
+match bits are computed in vectorised loops; only the histogram increments (one per element) and
+the copy of the matches (visited by their set bits) are scalar. Histogram indices are unsigned,
+which spares numba's negative-index fix-up on each increment.
 
-Bytes per element, forward: three reads of x (the second and third from L2 when a row fits it),
-a few percent of a key written and read back, a write of y and 1/8 byte of mask.
-Backward: read grad_y and 1/8 byte, write grad_x.
+Bytes per float32 element, forward: read x (4), write its first digit and read it back (2 + 2, in
+L2), the matches' keys (a few percent of 4 + 4), read x again (4, from L2 when a row fits it), write
+y (4) and 1/8 byte of mask: about 16.4, against the floor's 8.125 (read x, write y and the mask).
+Backward: read grad_y and 1/8 byte of mask, write grad_x: 8.125.
 
 Threads. torch.get_num_threads() threads share the work; below PARALLEL_MIN_ELEMENTS it all runs
 in the calling thread. Blocks of rows go to a thread pool (numba releases the GIL). When rows are
@@ -34,10 +35,10 @@ fewer than threads, each row is cut into chunks, as the GPU splits rows over pro
 histogram in parallel, their histograms merge, each chunk copies its candidates to the offset its
 own histogram gives, and the chunks write y and the mask in parallel. The pool is a plain
 ThreadPoolExecutor rather than numba's OpenMP layer: numba's OpenMP runtime is not torch's, and the
-workers of each spin after every parallel region, taking the cores from the next op of the other.
+workers of each spin for a while after every parallel region (libgomp's GOMP_SPINCOUNT), taking the cores
+from the next op of the other.
 """
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -85,24 +86,25 @@ def _next_width(shift):
 
 @numba.njit(inline="always")
 def _histogram_first_digit(row, abs_mask, inf, shift, hist, digits):
-    """Add the row's first digits to hist; return a range of bins that holds every one of them."""
+    """Add the row's first digits to hist and keep them in digits; return a range of bins holding them all."""
     n = row.shape[0]
     if n < SMALL_ROW:  # few elements: track the bins touched, so selecting and clearing skip the rest
         low, high = BINS, -1
         for i in range(n):
             digit = _first_digit(_order_key(row[i], abs_mask, inf), shift)
+            digits[i] = digit
             hist[np.uintp(digit)] += 1
             low = min(low, digit)
             high = max(high, digit)
         return low, high
-    # In blocks: the keys and digits vectorise, only the counting stays scalar; unsigned indices spare
+    # In blocks: keys and digits vectorise, only the counting stays scalar; unsigned indices spare
     # numba's negative-index fix-up on every increment.
     for start in range(0, n, BLOCK):
-        block = row[start : start + BLOCK]
+        block, block_digits = row[start : start + BLOCK], digits[start : start + BLOCK]
         for i in range(block.shape[0]):
-            digits[i] = _first_digit(_order_key(block[i], abs_mask, inf), shift)
+            block_digits[i] = _first_digit(_order_key(block[i], abs_mask, inf), shift)
         for i in range(block.shape[0]):
-            hist[np.uintp(digits[i])] += 1
+            hist[np.uintp(block_digits[i])] += 1
     return 0, BINS - 1
 
 
@@ -119,22 +121,23 @@ def _select_bin(hist, low, high, k_left):
 
 
 @numba.njit(inline="always")
-def _collect_candidates(row, abs_mask, inf, shift, prefix, out, start, matches):
-    """Write the keys whose first digit is `prefix` to out[start:]; return where they end.
+def _collect_candidates(row, digits, abs_mask, inf, chosen, out, start, matches):
+    """Write the keys whose first digit (kept by the first pass) is `chosen` to out[start:]; return where they end.
 
-    A few percent of the keys match, so each block first packs its matches into 64-bit words, as the
-    mask pass packs winners (vectorised), and then visits only their set bits.
+    A few percent match, so each block first packs its matches into 64-bit words (16-bit compares,
+    vectorised) and then visits only their set bits.
     """
     m = start
     n = row.shape[0]
     words = matches.view(np.uint64)
+    target = np.uint16(chosen)  # compared as 16-bit lanes, not widened to 64
     full = n - n % BLOCK
     for block_start in range(0, full, BLOCK):
+        block_digits = digits[block_start : block_start + BLOCK]
         for byte in range(BLOCK // 8):
-            packed = 0
+            packed = np.uint8(0)
             for bit in range(8):
-                key = _order_key(row[block_start + 8 * byte + bit], abs_mask, inf)
-                packed |= np.int64((key >> shift) == prefix) << bit
+                packed |= np.uint8(block_digits[8 * byte + bit] == target) << np.uint8(bit)
             matches[byte] = packed
         for w in range(BLOCK // 64):
             word = words[w]
@@ -144,9 +147,8 @@ def _collect_candidates(row, abs_mask, inf, shift, prefix, out, start, matches):
                 m += 1
                 word &= word - np.uint64(1)
     for i in range(full, n):
-        key = _order_key(row[i], abs_mask, inf)
-        if (key >> shift) == prefix:
-            out[np.uintp(m)] = key
+        if digits[i] == target:
+            out[np.uintp(m)] = _order_key(row[i], abs_mask, inf)
             m += 1
     return m
 
@@ -211,15 +213,15 @@ def _forward_rows(x_bits, k, abs_mask, inf, key_bits, y_bits, winner_bits):
     """The whole forward of each row, one after another, with one histogram and candidate buffer."""
     shift = key_bits - FIRST_DIGIT_BITS
     hist = np.zeros(BINS, np.int64)
+    digits = np.empty(x_bits.shape[1], np.uint16)
     candidates = np.empty(x_bits.shape[1], x_bits.dtype)
-    scratch = np.empty(BLOCK, np.uint16)
+    matches = np.empty(BLOCK // 8, np.uint8)
     for r in range(x_bits.shape[0]):
         row = x_bits[r]
-        low, high = _histogram_first_digit(row, abs_mask, inf, shift, hist, scratch)
+        low, high = _histogram_first_digit(row, abs_mask, inf, shift, hist, digits)
         chosen, k_left = _select_bin(hist, low, high, k)
-        prefix = chosen - (BINS >> 1)
-        m = _collect_candidates(row, abs_mask, inf, shift, prefix, candidates, 0, scratch.view(np.uint8))
-        threshold = _narrow(candidates, m, prefix, shift, k_left, hist)
+        m = _collect_candidates(row, digits, abs_mask, inf, chosen, candidates, 0, matches)
+        threshold = _narrow(candidates, m, chosen - (BINS >> 1), shift, k_left, hist)
         _mask_row(row, threshold, abs_mask, inf, y_bits[r], winner_bits[r])
 
 
@@ -227,37 +229,36 @@ def _forward_rows(x_bits, k, abs_mask, inf, key_bits, y_bits, winner_bits):
 
 
 @numba.njit(nogil=True, cache=True)
-def _histogram_chunk(chunk, abs_mask, inf, key_bits, hist):
-    _histogram_first_digit(chunk, abs_mask, inf, key_bits - FIRST_DIGIT_BITS, hist, np.empty(BLOCK, np.uint16))
+def _histogram_chunk(chunk, abs_mask, inf, key_bits, hist, digits):
+    _histogram_first_digit(chunk, abs_mask, inf, key_bits - FIRST_DIGIT_BITS, hist, digits)
 
 
 @numba.njit(nogil=True, cache=True)
 def _merge_first_digits(hist, k):
-    """From each row's chunk histograms: the first digits' prefix, rank left, and where each chunk's
+    """From each row's chunk histograms: the chosen first digit, the rank left, and where each chunk's
     candidates start in the row's buffer (the last column is the row's candidate count)."""
     n_rows, chunks, _ = hist.shape
-    prefixes = np.empty(n_rows, np.int64)
+    chosen = np.empty(n_rows, np.int64)
     k_left = np.empty(n_rows, np.int64)
     starts = np.zeros((n_rows, chunks + 1), np.int64)
     for r in range(n_rows):
-        chosen, k_left[r] = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k)
-        prefixes[r] = chosen - (BINS >> 1)
-        starts[r, 1:] = np.cumsum(hist[r, :, chosen])
-    return prefixes, k_left, starts
+        chosen[r], k_left[r] = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k)
+        starts[r, 1:] = np.cumsum(hist[r, :, chosen[r]])
+    return chosen, k_left, starts
 
 
 @numba.njit(nogil=True, cache=True)
-def _collect_chunk(chunk, abs_mask, inf, key_bits, prefix, out, start):
-    _collect_candidates(chunk, abs_mask, inf, key_bits - FIRST_DIGIT_BITS, prefix, out, start,
-                        np.empty(BLOCK // 8, np.uint8))
+def _collect_chunk(chunk, digits, abs_mask, inf, chosen, out, start):
+    _collect_candidates(chunk, digits, abs_mask, inf, chosen, out, start, np.empty(BLOCK // 8, np.uint8))
 
 
 @numba.njit(nogil=True, cache=True)
-def _narrow_rows(candidates, counts, prefixes, key_bits, k_left):
+def _narrow_rows(candidates, counts, chosen, key_bits, k_left):
     thresholds = np.empty(candidates.shape[0], np.int64)
     hist = np.zeros(BINS, np.int64)
     for r in range(candidates.shape[0]):
-        thresholds[r] = _narrow(candidates[r], counts[r], prefixes[r], key_bits - FIRST_DIGIT_BITS, k_left[r], hist)
+        prefix = chosen[r] - (BINS >> 1)
+        thresholds[r] = _narrow(candidates[r], counts[r], prefix, key_bits - FIRST_DIGIT_BITS, k_left[r], hist)
     return thresholds
 
 
@@ -348,12 +349,14 @@ def _forward_split(x_bits, k, abs_mask, inf, key_bits, y_bits, packed, chunks: l
     n_rows = x_bits.shape[0]
     pieces = [(r, c, columns) for r in range(n_rows) for c, columns in enumerate(chunks)]
     hist = np.zeros((n_rows, len(chunks), BINS), np.int64)
-    _run(_histogram_chunk, [(x_bits[r, columns], abs_mask, inf, key_bits, hist[r, c]) for r, c, columns in pieces])
-    prefixes, k_left, starts = _merge_first_digits(hist, k)
+    digits = np.empty(x_bits.shape, np.uint16)
+    _run(_histogram_chunk, [(x_bits[r, columns], abs_mask, inf, key_bits, hist[r, c], digits[r, columns])
+                            for r, c, columns in pieces])
+    chosen, k_left, starts = _merge_first_digits(hist, k)
     candidates = np.empty((n_rows, starts[:, -1].max()), x_bits.dtype)
-    _run(_collect_chunk, [(x_bits[r, columns], abs_mask, inf, key_bits, prefixes[r], candidates[r], starts[r, c])
-                          for r, c, columns in pieces])
-    thresholds = _narrow_rows(candidates, starts[:, -1], prefixes, key_bits, k_left)
+    _run(_collect_chunk, [(x_bits[r, columns], digits[r, columns], abs_mask, inf, chosen[r], candidates[r],
+                           starts[r, c]) for r, c, columns in pieces])
+    thresholds = _narrow_rows(candidates, starts[:, -1], chosen, key_bits, k_left)
     _run(_mask_rows, [(x_bits[r : r + 1, columns], thresholds[r : r + 1], abs_mask, inf, y_bits[r : r + 1, columns],
                        packed[r : r + 1, _mask_bytes(columns)]) for r, _, columns in pieces])
 
