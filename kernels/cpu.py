@@ -39,6 +39,7 @@ workers of each spin for a while after every parallel region (libgomp's GOMP_SPI
 from the next op of the other.
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
