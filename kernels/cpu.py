@@ -277,24 +277,25 @@ def _backward_rows(grad_bits, winner_bits, out_bits):
 
 # ---------------------------------------------------------------- threads
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
 
 
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child inherits the executor but none of its threads
+def _forget_pools() -> None:
+    _pools.clear()  # a forked child inherits the executors but none of their threads
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _run(function, calls: list[tuple]) -> None:
     """function(*args) for every args in calls, on torch's CPU thread count; returns when all are done."""
-    global _pool
+    if len(calls) == 1:
+        function(*calls[0])
+        return
     threads = torch.get_num_threads()
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="kwta-cpu")
-    for future in [_pool.submit(function, *args) for args in calls]:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="kwta-cpu")
+    for future in [_pools[threads].submit(function, *args) for args in calls]:
         future.result()
 
 
