@@ -30,13 +30,14 @@ y (4) and 1/8 byte of mask: about 16.4, against the floor's 8.125 (read x, write
 Backward: read grad_y and 1/8 byte of mask, write grad_x: 8.125.
 
 Threads. torch.get_num_threads() threads share the work; below PARALLEL_MIN_ELEMENTS it all runs
-in the calling thread. Blocks of rows go to a thread pool (numba releases the GIL). When rows are
-fewer than threads, each row is cut into chunks, as the GPU splits rows over programs: the chunks
-histogram in parallel, their histograms merge, each chunk copies its candidates to the offset its
-own histogram gives, and the chunks write y and the mask in parallel. The pool is a plain
-ThreadPoolExecutor rather than numba's OpenMP layer: numba's OpenMP runtime is not torch's, and the
-workers of each spin for a while after every parallel region (libgomp's GOMP_SPINCOUNT), taking the cores
-from the next op of the other.
+in the calling thread. Blocks of rows are shared by the calling thread and a pool of helpers (numba
+releases the GIL), each taking the next block when it is free. When rows are fewer than threads,
+each row is cut into chunks, as the GPU splits rows over programs: the chunks histogram in parallel,
+their histograms merge, each chunk copies its candidates to the offset its own histogram gives, and
+the chunks write y and the mask in parallel. The helpers are a plain ThreadPoolExecutor rather than
+numba's OpenMP layer: numba's OpenMP runtime is not torch's, and the workers of each spin for a
+while after every parallel region (libgomp's GOMP_SPINCOUNT), taking the cores from the other's
+next op.
 """
 
 import os
@@ -59,7 +60,7 @@ BINS = 1 << FIRST_DIGIT_BITS  # the widest digit; later digits are at most as wi
 BLOCK = 512  # elements per block of the first two reads: the block's scratch stays in L1
 SMALL_ROW = 4 * BINS  # shorter rows histogram in one scalar loop that tracks the bins it touches
 PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, handing work to threads costs more than it saves
-TASKS_PER_THREAD = 2  # row blocks per thread: a thread slowed by another job hands work to the others
+TASKS_PER_THREAD = 2  # row blocks per thread: a thread slowed by another job leaves its share to the others
 SPLIT_MIN_CHUNK = 1 << 15  # elements per chunk of a split row: below it merging costs more than it saves
 
 
@@ -277,26 +278,39 @@ def _backward_rows(grad_bits, winner_bits, out_bits):
 
 # ---------------------------------------------------------------- threads
 
-_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
+_helpers: dict[int, ThreadPoolExecutor] = {}  # by thread count: the calling thread is the other one
 
 
-def _forget_pools() -> None:
-    _pools.clear()  # a forked child inherits the executors but none of their threads
+def _forget_helpers() -> None:
+    _helpers.clear()  # a forked child inherits the executors but none of their threads
 
 
-os.register_at_fork(after_in_child=_forget_pools)
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def _run(function, calls: list[tuple]) -> None:
-    """function(*args) for every args in calls, on torch's CPU thread count; returns when all are done."""
-    if len(calls) == 1:
-        function(*calls[0])
+    """function(*args) for every args in calls, on torch's CPU thread count; returns when all are done.
+
+    The calling thread works too, and every thread takes the next call when it is free, so a thread that
+    another job (or another pool's spinning worker) slows down simply takes fewer calls.
+    """
+    threads = min(torch.get_num_threads(), len(calls))
+    if threads == 1:
+        for args in calls:
+            function(*args)
         return
-    threads = torch.get_num_threads()
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="kwta-cpu")
-    for future in [_pools[threads].submit(function, *args) for args in calls]:
-        future.result()
+    if threads not in _helpers:
+        _helpers[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="kwta-cpu")
+    pending = iter(calls)  # next() on a list iterator is atomic under the GIL
+
+    def work():
+        for args in pending:
+            function(*args)
+
+    helpers = [_helpers[threads].submit(work) for _ in range(threads - 1)]
+    work()
+    for helper in helpers:
+        helper.result()
 
 
 def _threads(t: torch.Tensor) -> int:
