@@ -59,6 +59,7 @@ FIRST_DIGIT_BITS = 11
 BINS = 1 << FIRST_DIGIT_BITS  # the widest digit; later digits are at most as wide
 BLOCK = 512  # elements per block of the first two reads: the block's scratch stays in L1
 SMALL_ROW = 4 * BINS  # shorter rows histogram in one scalar loop that tracks the bins it touches
+SORT_MAX = 32  # this many keys or fewer are ranked directly rather than histogrammed
 PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, handing work to threads costs more than it saves
 TASKS_PER_THREAD = 2  # row blocks per thread: a thread slowed by another job leaves its share to the others
 SPLIT_MIN_CHUNK = 1 << 15  # elements per chunk of a split row: below it merging costs more than it saves
@@ -111,15 +112,43 @@ def _histogram_first_digit(row, abs_mask, inf, shift, hist, digits):
 
 
 @numba.njit(inline="always")
-def _select_bin(hist, low, high, k_left):
-    """(bin holding the k_left-th largest, its rank within that bin); clears hist[low..high] for reuse."""
-    above = 0
-    chosen = high
-    while above + hist[chosen] < k_left:
-        above += hist[chosen]
-        chosen -= 1
-    hist[low : high + 1] = 0
-    return chosen, k_left - above
+def _select_bin(hist, low, high, k_left, count):
+    """(bin holding the k_left-th largest of the count values in hist[low..high], the rank within that bin).
+
+    It scans from whichever end is nearer that rank: a large k would otherwise walk every bin of the
+    small magnitudes (hundreds of exponents) on its way down.
+    """
+    if 2 * k_left <= count:
+        above = 0
+        chosen = high
+        while above + hist[chosen] < k_left:
+            above += hist[chosen]
+            chosen -= 1
+        return chosen, k_left - above
+    rank_from_bottom = count - k_left + 1
+    below = 0
+    chosen = low
+    while below + hist[chosen] < rank_from_bottom:
+        below += hist[chosen]
+        chosen += 1
+    return chosen, k_left - (count - below - hist[chosen])
+
+
+@numba.njit(inline="always")
+def _kth_largest(candidates, m, k_left):
+    """The k_left-th largest of the first m keys: the largest key that at least k_left keys reach.
+
+    For the last handful of candidates, where a radix pass costs more in bins than in keys: m * m
+    compares without a branch, as radix sorts hand small buckets to a simpler sort.
+    """
+    threshold = np.int64(-(1 << 62)) * 2  # below every key
+    for i in range(m):
+        key = np.int64(candidates[i])
+        reach = 0
+        for j in range(m):
+            reach += candidates[j] >= key
+        threshold = max(threshold, key if reach >= k_left else threshold)
+    return threshold
 
 
 @numba.njit(inline="always")
@@ -159,6 +188,8 @@ def _collect_candidates(row, digits, abs_mask, inf, chosen, out, start, matches)
 def _narrow(candidates, m, prefix, shift, k_left, hist):
     """The later passes on the m candidate keys (first digits = prefix, shift bits left): the threshold key."""
     while shift > 0:
+        if m <= SORT_MAX:
+            return _kth_largest(candidates, m, k_left)
         width = _next_width(shift)
         shift -= width
         digit_mask = (1 << width) - 1
@@ -168,7 +199,12 @@ def _narrow(candidates, m, prefix, shift, k_left, hist):
             hist[np.uintp(digit)] += 1
             low = min(low, digit)
             high = max(high, digit)
-        chosen, k_left = _select_bin(hist, low, high, k_left)
+        chosen, k_left = _select_bin(hist, low, high, k_left, m)
+        if m < high - low:  # clear what was counted: the keys' own bins when they are fewer
+            for i in range(m):
+                hist[np.uintp((candidates[i] >> shift) & digit_mask)] = 0
+        else:
+            hist[low : high + 1] = 0
         prefix = (prefix << width) | chosen
         kept = 0
         for i in range(m):  # compact in place, branch-free: a key is always written, kept on a match
@@ -218,12 +254,23 @@ def _forward_rows(x_bits, k, abs_mask, inf, key_bits, y_bits, winner_bits):
     digits = np.empty(x_bits.shape[1], np.uint16)
     candidates = np.empty(x_bits.shape[1], x_bits.dtype)
     matches = np.empty(BLOCK // 8, np.uint8)
+    n = x_bits.shape[1]
     for r in range(x_bits.shape[0]):
         row = x_bits[r]
-        low, high = _histogram_first_digit(row, abs_mask, inf, shift, hist, digits)
-        chosen, k_left = _select_bin(hist, low, high, k)
-        m = _collect_candidates(row, digits, abs_mask, inf, chosen, candidates, 0, matches)
-        threshold = _narrow(candidates, m, chosen - (BINS >> 1), shift, k_left, hist)
+        if n <= SORT_MAX:  # a handful of elements: rank their keys directly
+            for i in range(n):
+                candidates[i] = _order_key(row[i], abs_mask, inf)
+            threshold = _kth_largest(candidates, n, k)
+        else:
+            low, high = _histogram_first_digit(row, abs_mask, inf, shift, hist, digits)
+            chosen, k_left = _select_bin(hist, low, high, k, n)
+            if n < high - low:  # clear what was counted: the elements' own bins when they are fewer
+                for i in range(n):
+                    hist[np.uintp(digits[i])] = 0
+            else:
+                hist[low : high + 1] = 0
+            m = _collect_candidates(row, digits, abs_mask, inf, chosen, candidates, 0, matches)
+            threshold = _narrow(candidates, m, chosen - (BINS >> 1), shift, k_left, hist)
         _mask_row(row, threshold, abs_mask, inf, y_bits[r], winner_bits[r])
 
 
@@ -244,7 +291,7 @@ def _merge_first_digits(hist, k):
     k_left = np.empty(n_rows, np.int64)
     starts = np.zeros((n_rows, chunks + 1), np.int64)
     for r in range(n_rows):
-        chosen[r], k_left[r] = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k)
+        chosen[r], k_left[r] = _select_bin(hist[r].sum(axis=0), 0, BINS - 1, k, hist[r].sum())
         starts[r, 1:] = np.cumsum(hist[r, :, chosen[r]])
     return chosen, k_left, starts
 
