@@ -80,20 +80,27 @@ def test_resume_continues_exactly(two_epoch_run, tmp_path):
     assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(straight_dir))
 
 
-def test_torchrun_two_processes_with_gloo_and_adversarial_training(tmp_path):
-    # --adv-train here too: under DDP the PGD steps must run on the bare module, so this is the risky case.
+def test_torchrun_two_processes_with_gloo_and_trades(tmp_path):
+    # TRADES here: under DDP its clean pass runs on the bare module and its adversarial pass through DDP,
+    # so this is the risky case.
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "--adv-steps", "1", "--out", str(tmp_path),
+    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "trades", "--adv-steps", "1", "--out", str(tmp_path),
                    launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
     assert result.stdout.count("done:") == 1  # only rank 0 reports
     with open(tmp_path / "summary.json") as file:
         summary = json.load(file)
-    assert summary["world_size"] == 2 and summary["adv_train"] is True
-    # The two test shards together are the whole test set: 24 samples, so accuracy is a multiple of 1/24.
-    test_acc = read_metrics(tmp_path)[0]["test_acc"]
-    assert round(test_acc * 24, 6).is_integer()
+    assert summary["world_size"] == 2 and summary["adv_train"] == "trades" and summary["test_images"] == 24
+    # The two test shards together are the whole test set: 24 images counted, and the accuracy a single process
+    # measures on all of them (rank 0's shard alone would count 12).
+    model, _ = load_model(tmp_path / "checkpoint.pt")
+    _, test_ds, _ = get_datasets("synthetic", test_subset=24, seed=0)
+    images, labels = torch.stack([image for image, _ in test_ds]), torch.tensor([label for _, label in test_ds])
+    with torch.no_grad():
+        correct = int((model(images).argmax(1) == labels).sum())
+    metrics = read_metrics(tmp_path)[0]
+    assert metrics["test_images"] == 24 and metrics["test_acc"] == pytest.approx(correct / 24)
 
 
 def test_a_missing_dataset_exits_non_zero_with_one_line(tmp_path):
