@@ -8,7 +8,7 @@ outside file it reads (`inputs`). A changed setting therefore reruns the step an
 step interrupted with unchanged settings resumes (`resume` arguments are added when its `checkpoint`
 exists). Code changes do not change a key: `rerun` names steps to run again anyway.
 
-One invocation at a time: `run_steps` holds an exclusive lock on `log_dir/pipeline.lock` (fcntl, so it is
+One invocation at a time: `run_steps` holds an exclusive lock on `log_dir/pipeline.lock` (flock, so it is
 released if the process dies) and a lock per running step, which SLURM jobs (kwta/slurm.py) take as well.
 Steps run in order of their dependencies; with several slots (GPUs, or CPU shares) independent steps run at
 once, each in its own slot and logging to its own file. A failed step does not stop the steps that do not
@@ -118,8 +118,8 @@ def read_record(log_dir: Path, name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_record(log_dir: Path, name: str, **record) -> None:
-    atomic_write(record_path(log_dir, name), json.dumps(record, indent=1) + "\n")
+def write_record(log_dir: Path, **record) -> None:
+    atomic_write(record_path(log_dir, record["name"]), json.dumps(record, indent=1) + "\n")
 
 
 def is_finished(step: Step, key: str, log_dir: Path) -> bool:
@@ -169,14 +169,14 @@ class Busy(RuntimeError):
 def exclusive_lock(path: Path, *, wait: bool = False, what: str = "it"):
     """Hold an fcntl lock on `path` (created if missing) for the block; raise Busy naming the holder if taken.
 
-    fcntl locks die with their process, so a crash never leaves a stale lock; they also work across the
-    nodes of a cluster on NFS (lockd / NFSv4).
+    flock locks die with their process, so a crash never leaves a stale lock; on NFS, Linux turns them into
+    POSIX locks, which hold across the nodes of a cluster.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as file:
         try:
-            fcntl.lockf(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             file.seek(0)
             holder = file.read().strip() or "another process"
@@ -188,7 +188,7 @@ def exclusive_lock(path: Path, *, wait: bool = False, what: str = "it"):
         try:
             yield
         finally:
-            fcntl.lockf(file, fcntl.LOCK_UN)
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def now() -> str:
@@ -202,7 +202,7 @@ def now() -> str:
 def finish(step: Step, key: str, settings: dict, log_dir: Path, returncode: int, seconds: float, **extra) -> bool:
     """Record how the step ended; True when it finished (exit 0 and its file there)."""
     ok = returncode == 0 and step.done.exists()
-    write_record(log_dir, step.name, name=step.name, key=key, settings=settings,
+    write_record(log_dir, name=step.name, key=key, settings=settings,
                  status="done" if ok else "failed", returncode=returncode, seconds=round(seconds, 1),
                  finished=now(), host=socket.gethostname(), **extra)
     return ok
@@ -217,7 +217,7 @@ def execute_step(payload: dict) -> float:
     job = os.environ.get("SLURM_JOB_ID")
     with exclusive_lock(log_dir / STATE_DIR / f"{step.name}.lock", what=f"step {step.name}"):
         command = step.command + resume_arguments(step, key, log_dir) + step.location
-        write_record(log_dir, step.name, name=step.name, key=key, settings=settings, status="running",
+        write_record(log_dir, name=step.name, key=key, settings=settings, status="running",
                      started=now(), host=socket.gethostname(), slurm_job=job)
         print(f"[run] {step.name}: {shlex.join(map(str, command))}", flush=True)
         started = time.perf_counter()
@@ -238,8 +238,21 @@ def check_steps(steps: list[Step]) -> None:
         raise ValueError(f"steps: unknown dependencies {sorted(unknown)}")
 
 
+def downstream(steps: list[Step], names: set[str]) -> set[str]:
+    """`names` and every step that needs one of them, directly or not."""
+    found, grew = set(names), True
+    while grew:
+        more = {step.name for step in steps if found & set(step.needs)} - found
+        found, grew = found | more, bool(more)
+    return found
+
+
 def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str]) -> list[Step]:
-    """Print what is finished and what will run (and why); return the steps to run, in the given order."""
+    """Print what is finished and what will run (and why); return the steps to run, in the given order.
+
+    rerun: steps to run again although finished; what follows them runs again too.
+    """
+    rerun = downstream(steps, rerun)
     pending = []
     for step in steps:
         key, settings = keys[step.name]
@@ -306,7 +319,7 @@ def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list
                 held.push(step_lock)
                 slot = free.pop(0)
                 command = step.command + resume_arguments(step, key, log_dir) + step.location
-                write_record(log_dir, step.name, name=step.name, key=key, settings=settings, status="running",
+                write_record(log_dir, name=step.name, key=key, settings=settings, status="running",
                              started=now(), host=socket.gethostname())
                 log_path = log_dir / f"{step.name}.log"
                 where = ", ".join(f"{k}={v}" for k, v in slots[slot].items())
@@ -316,6 +329,8 @@ def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list
                                            stderr=subprocess.STDOUT, cwd=cwd)
                 running[step.name] = (step, process, slot, log, log_path, time.perf_counter(), step_lock)
             if not running:
+                if any(need in failed for s in pending for need in s.needs):
+                    continue  # a step just found busy: skip what needs it
                 if pending:
                     raise RuntimeError(f"steps: {', '.join(s.name for s in pending)} wait on each other")
                 break

@@ -21,6 +21,7 @@ from kwta.pipeline import (
     LOCK_FILE,
     Step,
     check_steps,
+    downstream,
     exclusive_lock,
     execute_step,
     now,
@@ -55,6 +56,7 @@ def submit_steps(steps: list[Step], *, log_dir: Path, root: Path, cwd: Path, par
     check_steps(steps)
     log_dir, folder = Path(log_dir), Path(log_dir) / "slurm"
     keys = settings_keys(steps, root)
+    rerun = downstream(steps, set(rerun))
     jobs: dict[str, str] = {}
     with exclusive_lock(log_dir / LOCK_FILE, what=f"the pipeline in {log_dir.parent}"):
         pending = {step.name for step in plan(steps, keys, log_dir, set(rerun))}
@@ -85,7 +87,7 @@ def submit_steps(steps: list[Step], *, log_dir: Path, root: Path, cwd: Path, par
             payload = {"step": step, "key": key, "settings": settings, "log_dir": str(log_dir), "cwd": str(cwd)}
             job = executor.submit(StepJob(), payload)
             jobs[step.name] = job.job_id
-            write_record(log_dir, step.name, name=step.name, key=key, settings=settings, status="submitted",
+            write_record(log_dir, name=step.name, key=key, settings=settings, status="submitted",
                          submitted=now(), slurm_job=job.job_id)
             after = f" after {', '.join(waits_for)}" if waits_for else ""
             print(f"[submitted] {step.name}: job {job.job_id}{after}", flush=True)
