@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.requirements-installed
 
-.PHONY: setup demo paper test lint bench
+.PHONY: setup demo paper paper-mini test lint bench
 
 # The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
 demo: setup
@@ -13,6 +13,10 @@ DATA_DIR ?= data
 GPUS ?= 0
 paper: setup
 	$(PY) scripts/paper.py --data-dir $(DATA_DIR) --gpus $(GPUS)
+
+# The same grid at toy sizes (Fashion-MNIST, synthetic data) on the CPU: every group and step kind, in minutes.
+paper-mini: setup
+	$(PY) scripts/paper.py --mini --cpus 2
 
 # setup also installs Debian's dataset-fashion-mnist (real data that works offline) when root and it is missing.
 setup: $(STAMP)

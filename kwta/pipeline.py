@@ -247,6 +247,17 @@ def downstream(steps: list[Step], names: set[str]) -> set[str]:
     return found
 
 
+def upstream(steps: list[Step], names: set[str]) -> list[Step]:
+    """The steps named and every step they need, directly or not, in their original order."""
+    by_name, found, todo = {step.name: step for step in steps}, set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += by_name[name].needs
+    return [step for step in steps if step.name in found]
+
+
 def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str]) -> list[Step]:
     """Print what is finished and what will run (and why); return the steps to run, in the given order.
 

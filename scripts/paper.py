@@ -53,7 +53,16 @@ sys.path.insert(0, str(ROOT))
 
 from kwta.checkpoint import atomic_write  # noqa: E402
 from kwta.cli import positive_int  # noqa: E402
-from kwta.pipeline import Busy, Step, cpu_slots, exclusive_lock, gpu_slots, python_command, run_steps  # noqa: E402
+from kwta.pipeline import (  # noqa: E402
+    Busy,
+    Step,
+    cpu_slots,
+    exclusive_lock,
+    gpu_slots,
+    python_command,
+    run_steps,
+    upstream,
+)
 from kwta.replication import ModelResults, anomalies, comparison_table, load_report, report_table  # noqa: E402
 
 TORCHVISION_ARCHS = ("alexnet", "resnet18")
@@ -381,6 +390,8 @@ def parse_args() -> argparse.Namespace:
     slurm.add_argument("--slurm-mem-gb", type=positive_int, help="memory per job")
     slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. account=abc or qos=high (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the matching steps and those they need (fnmatch, e.g. '*-svhn-*'; repeatable)")
     parser.add_argument("--rerun", action="append", default=[], metavar="PATTERN",
                         help="run matching steps again even if finished (fnmatch, e.g. 'attack-*'; repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="list every step, its status and its command")
@@ -424,7 +435,12 @@ def main() -> None:
             print(f"table: {table}")
         return
     steps = build_steps(args, scale, out)
-    rerun = {step.name for step in steps if any(fnmatch.fnmatch(step.name, pattern) for pattern in args.rerun)}
+    matching = lambda patterns: {step.name for step in steps if any(fnmatch.fnmatch(step.name, p) for p in patterns)}
+    if args.only:
+        if not matching(args.only):
+            sys.exit(f"paper: --only {' '.join(args.only)} matches no step (--dry-run lists them)")
+        steps = upstream(steps, matching(args.only))
+    rerun = matching(args.rerun)
     try:
         if not args.dry_run:
             if args.download:

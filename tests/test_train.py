@@ -153,3 +153,31 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss():
     with torch.no_grad():
         assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_resume_refuses_a_new_learning_rate(two_epoch_run):
+    straight_dir, _ = two_epoch_run  # trained with --lr 0.02 --milestones 2: its optimiser and scheduler keep them
+    other_lr = [arg if arg != "0.02" else "0.5" for arg in TINY_RUN]
+    with pytest.raises(SystemExit, match="saved --lr 0.02"):
+        main([*other_lr, "--epochs", "3", "--out", str(straight_dir), "--resume"])
+    other_milestones = [arg if arg != "2" else "1" for arg in TINY_RUN]
+    with pytest.raises(SystemExit, match=r"saved --milestones \[2\]"):
+        main([*other_milestones, "--epochs", "3", "--out", str(straight_dir), "--resume"])
+
+
+def test_init_from_a_trained_model_with_the_stem_relu_and_stale_temporaries_cleaned(two_epoch_run, tmp_path, capsys):
+    straight_dir, _ = two_epoch_run
+    stale = tmp_path / ".checkpoint.pt.x1y2.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"\0" * 1000)
+    main([*TINY_RUN, "--epochs", "1", "--lr", "1e-12", "--stem-relu",
+          "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path)])
+    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().out
+    model, checkpoint = load_model(tmp_path / "checkpoint.pt")
+    assert checkpoint["spec"]["stem_relu"] and isinstance(model.net.relu, torch.nn.ReLU)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 1  # the blocks are k-WTA
+    initial = load_checkpoint(straight_dir / "checkpoint.pt")["model"]
+    for name in ("net.conv1.weight", "net.fc.weight"):  # lr 1e-12: the weights it started from, unchanged
+        assert torch.allclose(checkpoint["model"][name], initial[name], atol=1e-6)
+    with pytest.raises(SystemExit, match="--init-from.*arch 'resnet18-cifar'"):
+        main([*[a if a != "resnet18-cifar" else "resnet18" for a in TINY_RUN], "--epochs", "1",
+              "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path / "other")])
