@@ -150,10 +150,16 @@ def describe_change(old: dict, new: dict) -> str:
     return "; ".join(changes) or "settings changed"
 
 
+def attempted(record: dict, key: str) -> bool:
+    """Did an attempt with settings `key` start and not finish? (A job only submitted has not started, unless
+    it was resubmitted after one that had: then the record carries `attempted`.)"""
+    started = record.get("status") in ("running", "failed") or record.get("attempted", False)
+    return record.get("key") == key and started
+
+
 def resume_arguments(step: Step, key: str, log_dir: Path) -> list[str]:
     """`step.resume` when an earlier attempt with these settings was interrupted and left its checkpoint."""
-    record = read_record(log_dir, step.name)
-    interrupted = record.get("key") == key and record.get("status") in ("running", "submitted", "failed")
+    interrupted = attempted(read_record(log_dir, step.name), key)
     return step.resume if interrupted and step.checkpoint is not None and step.checkpoint.exists() else []
 
 

@@ -20,6 +20,7 @@ import submitit
 from kwta.pipeline import (
     LOCK_FILE,
     Step,
+    attempted,
     check_steps,
     downstream,
     exclusive_lock,
@@ -85,10 +86,13 @@ def submit_steps(steps: list[Step], *, log_dir: Path, root: Path, cwd: Path, par
                 setup=[f"export PYTHONPATH={cwd}${{PYTHONPATH:+:$PYTHONPATH}}"],  # the job unpickles kwta objects
             )
             payload = {"step": step, "key": key, "settings": settings, "log_dir": str(log_dir), "cwd": str(cwd)}
+            submitted = dict(name=step.name, key=key, settings=settings, status="submitted", submitted=now(),
+                             attempted=attempted(record, key))
+            write_record(log_dir, **submitted)  # before the job exists: a job that starts at once overwrites it
             job = executor.submit(StepJob(), payload)
             jobs[step.name] = job.job_id
-            write_record(log_dir, name=step.name, key=key, settings=settings, status="submitted",
-                         submitted=now(), slurm_job=job.job_id)
+            if read_record(log_dir, step.name).get("status") == "submitted":
+                write_record(log_dir, **submitted, slurm_job=job.job_id)
             after = f" after {', '.join(waits_for)}" if waits_for else ""
             print(f"[submitted] {step.name}: job {job.job_id}{after}", flush=True)
     return jobs

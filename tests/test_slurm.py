@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from kwta.pipeline import Step, is_finished, read_record, settings_keys
+from kwta.pipeline import Step, is_finished, read_record, settings_keys, write_record
 from kwta.slurm import StepJob, submit_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +64,13 @@ def test_one_job_per_step_with_gpus_and_dependencies(fake_slurm, tmp_path):
     (fake_slurm / "states").write_text("101|RUNNING|node1\n102|PENDING|\n103|RUNNING|node2\n")
     assert submit() == jobs and not (fake_slurm / "job-104.sh").exists()
 
-    # The training job failed (SLURM then cancels its dependant): both are submitted anew, in order.
+    # The training job started, then failed (SLURM then cancels its dependant): both are submitted anew, in
+    # order, and the new training job knows to resume what the first one left.
+    write_record(out / "logs", **{**read_record(out / "logs", "train"), "status": "running"})
     (fake_slurm / "states").write_text("101|FAILED|node1\n102|CANCELLED|\n103|RUNNING|node2\n")
     assert submit() == {"train": "104", "attack": "105", "fit": "103"}
     assert "#SBATCH --dependency=afterok:104" in job_script(fake_slurm, "105")
+    assert read_record(out / "logs", "train")["attempted"] and not read_record(out / "logs", "attack")["attempted"]
 
 
 def test_a_job_runs_its_step_and_records_it(tmp_path, monkeypatch):
