@@ -272,42 +272,48 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def training_line(label: str, summary: dict) -> str:
+def training_setting(summary: dict) -> str:
     """How a model was trained, read from its summary.json (never from this invocation's flags)."""
     args = summary["args"]
     if args.get("weights"):
-        kind = f"fine-tuned from the ImageNet-layout state dict {Path(args['weights']).name}, ImageNet normalisation"
+        how = f"fine-tuned from the ImageNet-layout state dict {Path(args['weights']).name}, ImageNet normalisation"
     elif args.get("pretrained"):
-        kind = "fine-tuned from torchvision's ImageNet weights, ImageNet normalisation"
+        how = "fine-tuned from torchvision's ImageNet weights, ImageNet normalisation"
     elif args.get("init_from"):
-        kind = f"fine-tuned from the trained {Path(args['init_from']).parent.name} model"
+        how = f"fine-tuned from the trained {Path(args['init_from']).parent.name} model"
     else:
-        kind = "from scratch"
+        how = "from scratch"
     if args.get("ratio_schedule"):
         start, end, step, every = args["ratio_schedule"]
-        kind += f", ratio {start:g} to {end:g} by {step:g} every {every} epoch(s)"
+        how += f", ratio {start:g} to {end:g} by {step:g} every {every} epoch(s)"
     if args.get("stem_relu"):
-        kind += ", stem ReLU kept"
-    adversarial = {"pgd": f", PGD training ({args['adv_steps']} steps of {args['adv_alpha']:g}, eps "
-                          f"{args['adv_eps']:g})",
-                   "trades": f", TRADES (beta {args.get('trades_beta')}, {args['adv_steps']} steps of "
-                             f"{args['adv_alpha']:g}, eps {args['adv_eps']:g})"}.get(args.get("adv_train"), "")
+        how += ", stem ReLU kept"
+    if args.get("adv_train"):
+        kind = "PGD training" if args["adv_train"] == "pgd" else f"TRADES, beta {args['trades_beta']:g}"
+        how += f", {kind} ({args['adv_steps']} steps of {args['adv_alpha']:g} at eps {args['adv_eps']:g})"
     milestones = f", x0.1 at epoch {', '.join(map(str, args['milestones']))}" if args["milestones"] else ""
-    return (f"- {label}: {kind}, {summary['epochs']} epochs, batch {args['batch_size']}, lr {args['lr']:g}{milestones}"
-            f"{adversarial}, {args['input_size']} px, {summary.get('train_images', '?')} training images; A_std on "
-            f"{summary.get('test_images', '?')} test images; on {summary['device']}.")
+    return (f"{how}, {summary['epochs']} epoch(s), batch {args['batch_size']}, lr {args['lr']:g}{milestones}, "
+            f"{args['input_size']} px, {summary.get('train_images', '?')} training images; A_std on "
+            f"{summary.get('test_images', '?')} test images; on {summary['device']}")
 
 
-def attack_line(what: str, result: dict, labels: dict[str, str]) -> str:
+def attack_setting(result: dict) -> str:
+    """What attack.py ran, read from its JSON."""
     settings, eps = result["settings"], result["eps"][0]
     if settings.get("pgd_rel_stepsize"):
         step = f"rel_stepsize {settings['pgd_rel_stepsize']:g} (step {settings['pgd_rel_stepsize'] * eps:.2g})"
     else:
         step = f"step {settings.get('pgd_step') or 2.5 * eps / settings['pgd_steps']:.2g}"
-    source = result.get("source_checkpoint")
-    transfer = f", transfer from {labels.get(Path(source).parent.name, source)}" if source else ""
-    return (f"- {what}: {', '.join(result['attacks'])} at eps {eps:g} on the first {result['n_images']} test images, "
-            f"PGD {settings['pgd_steps']} steps at {step}{transfer}.")
+    return (f"{', '.join(result['attacks'])} at eps {eps:g} on the first {result['n_images']} test images, PGD "
+            f"{settings['pgd_steps']} steps at {step}")
+
+
+def merged(settings: dict[str, str]) -> list[str]:
+    """One line per distinct setting, naming the models that share it: '- ReLU, k-WTA-0.2: ...'."""
+    by_text: dict[str, list[str]] = {}
+    for label, text in settings.items():
+        by_text.setdefault(text, []).append(label)
+    return [f"- {', '.join(labels)}: {text}." for text, labels in by_text.items()]
 
 
 def write_tables(scale: Scale, out: Path) -> list[Path]:
@@ -317,7 +323,7 @@ def write_tables(scale: Scale, out: Path) -> list[Path]:
     for group in grid(scale):
         labels = {run.name: run.label for run in group.runs}
         table = report_table(report, group.arch, group.dataset, group.training)
-        models, training, attacks = [], [], []
+        models, training, suites, reports, transfers = [], {}, {}, {}, []
         for run in group.runs:
             summary = read_json(out / "runs" / group.name / run.name / "summary.json")
             report_attacks = read_json(out / "attacks" / group.name / f"report-{run.name}.json")
@@ -326,17 +332,20 @@ def write_tables(scale: Scale, out: Path) -> list[Path]:
                                        test_accuracy=summary["final_test_acc"] if summary else None,
                                        report_attacks=report_attacks, suite=suite))
             if summary:
-                training.append(training_line(run.label, summary))
+                training[run.label] = training_setting(summary)
             if suite:
-                attacks.append(attack_line(f"{run.label}, full suite", suite, labels))
+                suites[run.label] = attack_setting(suite)
+                if suite.get("source_checkpoint"):
+                    source = Path(suite["source_checkpoint"]).parent.name
+                    transfers.append(f"{run.label} from {labels.get(source, source)}")
             if report_attacks:
-                attacks.append(attack_line(f"{run.label}, report's attacks", report_attacks, labels))
+                reports[run.label] = attack_setting(report_attacks)
         if not training:
             continue
         trained_on = scale.datasets[group.dataset]
         title = (f"{ARCH_TITLES[group.arch]} {'fine-tuned' if group.training == 'finetune' else 'trained'} on "
                  f"{DATASET_TITLES[trained_on]}" + (" from scratch" if group.training == "scratch" else ""))
-        lines = [f"## {title} ({group.name})", ""]
+        lines = [f"## {title[0].upper()}{title[1:]} ({group.name})", ""]
         if table and trained_on != group.dataset:
             lines += [f"Stand-in for the report's Table {table['table']} ({table['title']}): this grid trains on "
                       f"{DATASET_TITLES[trained_on]} at toy sizes, so its figures are not comparable with the "
@@ -347,7 +356,9 @@ def write_tables(scale: Scale, out: Path) -> list[Path]:
             lines += ["The paper's own experiments: the replication report has no figures for them.", ""]
         lines += [comparison_table(models), "Robust accuracy: the share of the attacked images classified correctly "
                   "after the attack; worst case counts an image only if it survived every attack of its row. "
-                  "Settings, as recorded by the runs:", "", *training, *attacks, ""]
+                  "Settings, as recorded by the runs:", "", "Training:", "", *merged(training), "",
+                  "Full suite:", "", *merged(suites), *([f"- Transfer: {', '.join(transfers)}."] if transfers else []),
+                  "", "The report's attacks:", "", *merged(reports), ""]
         if table:
             lines += [f"The report's protocol: {' '.join(report['protocol'])}", ""]
             lines += [f"Anomaly in the report: {text}" for text in anomalies(report, table["table"])]
