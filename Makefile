@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.requirements-installed
 
-.PHONY: setup demo paper paper-mini test lint bench
+.PHONY: setup demo paper paper-mini test gpu-check lint bench
 
 # The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
 demo: setup
@@ -34,6 +34,11 @@ $(STAMP): requirements.txt
 
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest tests
+
+# On a machine with a CUDA GPU: the kernels on CUDA against the reference, CUDA graphs, torch.compile, a bf16
+# training step of each architecture, the benchmark with its GPU targets, and a one-line verdict.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
 
 lint: setup
 	$(PY) -m ruff check .

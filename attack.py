@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{spec['arch']} with {kind} on {spec['dataset']}: {args.n_images} test images, "
               f"{distributed.world_size()} process(es) on {device.type}")
         print(f"clean accuracy: {clean_accuracy:.2%}")
+        if spec.get("train_precision", "fp32") != "fp32":
+            print(f"note: trained under {spec['train_precision']} autocast, evaluated and attacked here in fp32 "
+                  "(k-WTA's winners depend on the arithmetic; train.py's test accuracy is fp32 too)")
 
     results = []
     for eps in eps_list:

@@ -30,14 +30,14 @@ from kwta import distributed
 from kwta.adversarial import pgd_linf, trades_linf, trades_loss
 from kwta.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from kwta.cli import positive_float, positive_int, unit_interval
-from kwta.data import DATASETS, DEFAULT_EPS, get_datasets
+from kwta.data import DATASETS, DEFAULT_EPS, EpochIndexSampler, EpochSeeded, get_datasets
 from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model, imagenet_normalization
 from kwta.modules import set_ratio
 
 # Flags a resumed run must share with the run that wrote the checkpoint, or it would not be a continuation.
 RESUME_MUST_MATCH = ("arch", "dataset", "activation", "ratio", "mode", "ratio_schedule", "input_size", "pretrained",
                      "batch_size", "seed", "train_subset", "adv_train", "adv_eps", "adv_alpha", "adv_steps",
-                     "trades_beta", "stem_relu", "init_from")
+                     "trades_beta", "stem_relu", "init_from", "precision")
 # Optimiser settings a checkpoint carries in its optimizer and scheduler state: resuming keeps the saved ones.
 RESUME_KEEPS = ("lr", "milestones", "weight_decay")
 ADV_TRAINING = ("pgd", "trades")
@@ -120,6 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="training arithmetic: bf16 autocast (auto on CUDA) or fp32 (auto on CPU); test accuracy "
+                     "is always measured in fp32, the precision attack.py attacks in")
     args = parser.parse_args(argv)
 
     args.pretrained = args.pretrained or args.weights is not None
@@ -167,13 +170,13 @@ def write_metrics(path: str, history: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
-def evaluate(model, loader, device, memory_format, autocast) -> tuple[float, float, int]:
-    """(mean loss, accuracy, images) over the test set: each process's shard, summed over all processes."""
+def evaluate(model, loader, device, memory_format) -> tuple[float, float, int]:
+    """(mean loss, accuracy, images) in fp32 over the test set: each process's shard, summed over all processes."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
-    with torch.no_grad(), autocast():
+    with torch.no_grad():
         for images, labels in loader:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             logits = model(images)
@@ -197,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     on_cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = on_cuda
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
+    # k-WTA's winners depend on the arithmetic, so the figures a user compares come from one precision:
+    # training may run under bf16 autocast for speed, but test accuracy is measured in fp32, as attack.py attacks.
+    train_precision = "bf16" if args.precision == "bf16" or (args.precision == "auto" and on_cuda) else "fp32"
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_precision == "bf16")
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     metrics_path, summary_path = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "summary.json")
 
@@ -232,9 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     if resumed is not None:
         if any(key not in resumed for key in ("args", "optimizer", "scheduler", "epoch", "history")):
             fail(f"--resume: {checkpoint_path} holds a model but no training state to continue")
-        for key in RESUME_MUST_MATCH:  # a key the saved args lack predates its flag, which then did not exist
-            then, now = resumed["args"].get(key, vars(args)[key]), vars(args)[key]
-            if then != now:
+        for key in RESUME_MUST_MATCH:
+            then, now = resumed["args"].get(key), vars(args)[key]
+            if key in resumed["args"] and then != now:  # a key absent from an older checkpoint is not checked
                 fail(f"--resume: {checkpoint_path} was trained with --{key.replace('_', '-')} {then}, not {now}")
         # The optimiser and scheduler states restore these; a new value asked for would be silently ignored.
         for key in RESUME_KEEPS:
@@ -260,12 +266,16 @@ def main(argv: list[str] | None = None) -> None:
             write_metrics(metrics_path, history)
 
     workers = args.workers if args.workers is not None else (4 if on_cuda else 0)
-    loader_options = dict(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0)
-    # DistributedSampler also in one process: its shuffle is a function of (seed, epoch), which resuming needs.
+    # The loaders draw their worker seeds from a generator of their own, never from the global RNG that
+    # the per-epoch reseed below governs (dropout, PGD starts): loading must not shift that stream.
+    loader_options = dict(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(args.seed))
+    # DistributedSampler also in one process: its shuffle is a function of (seed, epoch), which resuming needs;
+    # each sample's augmentation is a function of (seed, epoch, index), whichever worker loads it.
     train_sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
     # drop_last: a final batch of one sample breaks BatchNorm where the feature map is 1x1.
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
-                              **loader_options)
+    train_loader = DataLoader(EpochSeeded(train_ds, args.seed), batch_size=args.batch_size,
+                              sampler=EpochIndexSampler(train_sampler), drop_last=True, **loader_options)
     # Each process tests a disjoint shard (no padding, unlike DistributedSampler), so counts sum exactly.
     test_shard = Subset(test_ds, range(rank, len(test_ds), world_size))
     test_loader = DataLoader(test_shard, batch_size=4 * args.batch_size, **loader_options)
@@ -277,9 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         for path in remove_stale_temporaries(args.out):  # a write that a kill interrupted; nobody else writes here
             print(f"removed {path}, left by an interrupted write")
         kind = f"k-WTA {args.ratio} ({args.mode})" if args.activation == "kwta" else "ReLU"
+        precision = "bf16 autocast (test accuracy in fp32)" if train_precision == "bf16" else "fp32"
         print(f"{args.arch} with {kind} on {args.dataset} ({len(train_ds)} train, {len(test_ds)} test, "
-              f"{args.input_size}px), {args.epochs} epochs, {world_size} process(es) on {device.type}"
-              + (f", resuming after epoch {start_epoch}" if resumed is not None else ""))
+              f"{args.input_size}px), {args.epochs} epochs, {world_size} process(es) on {device.type}, "
+              f"training in {precision}" + (f", resuming after epoch {start_epoch}" if resumed is not None else ""))
 
     # The loop: one epoch of training, then the test set, then results and a checkpoint written atomically.
     for epoch in range(start_epoch, args.epochs):
@@ -332,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         train_loss, train_correct, train_seen = distributed.all_reduce_sum(
             [loss_sum.item(), correct.item(), seen], device)
         train_seconds = time.perf_counter() - epoch_start
-        test_loss, test_acc, test_images = evaluate(model, test_loader, device, memory_format, autocast)
+        distributed.broadcast_buffers(bare_model)
+        test_loss, test_acc, test_images = evaluate(bare_model, test_loader, device, memory_format)
 
         row = {
             "epoch": epoch + 1, "lr": lr, "ratio": ratio if args.activation == "kwta" else None,
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                 "dataset": args.dataset, "num_classes": info["num_classes"], "in_channels": info["in_channels"],
                 "input_size": args.input_size, "mean": bare_model.normalize.mean.flatten().tolist(),
                 "std": bare_model.normalize.std.flatten().tolist(), "stem_relu": args.stem_relu,
+                "train_precision": train_precision,
             }
             # Checkpoint first, then metrics from the checkpoint's history: whichever write a kill interrupts,
             # --resume rewrites metrics.jsonl from the checkpoint, so the two always agree.
@@ -365,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             "arch": args.arch, "dataset": args.dataset, "activation": args.activation,
             "ratio": history[-1]["ratio"], "mode": args.mode, "pretrained": args.pretrained,
             "adv_train": args.adv_train, "epochs": len(history), "world_size": world_size, "device": device.type,
-            "train_images": len(train_ds), "test_images": len(test_ds),
+            "train_images": len(train_ds), "test_images": len(test_ds), "train_precision": train_precision,
             "final_test_acc": history[-1]["test_acc"], "best_test_acc": max(r["test_acc"] for r in history),
             "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history),
             "train_seconds_per_epoch": sum(r["train_seconds"] for r in history) / len(history),

@@ -25,9 +25,20 @@ so the op can be captured in CUDA graphs:
 Backward: read grad_y and the 1/8-byte mask, write grad_x -> 2 * itemsize + 0.125 bytes per element.
 All offsets are int64, so tensors past 2**31 elements stay correct.
 
+Resources per program, as ptxas reports them for every specialization the launchers make on sm_80 and
+sm_90 (`python -m kernels.aot`; tests/test_aot.py fails on any spill):
+    kernel                 warps  registers/thread         shared memory      spills
+    _kwta_row_kernel       4      48-128 (BLOCK 128-2048)  8 KiB (histogram)  0
+    _kwta_row_kernel       8      80-128 (BLOCK 4096)      8 KiB              0
+    _kwta_hist_kernel      8      28-71                    8 KiB              0
+    _kwta_mask_kernel      8      47-106                   64-512 B           0
+    _kwta_backward_kernel  8      14-59                    0                  0
+One warp would hold 64 histogram bins per thread: 254 registers at BLOCK 512, hence four warps at least.
+
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
-range; only int32 arithmetic is used on keys (no uint32 `~`).
+range; only int32 arithmetic is used on keys (no uint32 `~`). The interpreter also reads plain module
+globals that the GPU compiler rejects, which is why kernels/aot.py compiles every specialization.
 """
 
 import torch
@@ -35,7 +46,10 @@ import triton
 import triton.language as tl
 
 TILE = 4096  # elements per program: the one-program-per-row limit and the chunk of the split path
-BINS = 2048
+MIN_BLOCK = 128  # one element per thread of the four warps the one-program path uses up to 2048
+# A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
+# globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
+BINS = tl.constexpr(2048)
 
 
 @triton.jit
@@ -104,7 +118,7 @@ def _write_winners(x, key, threshold, in_row, y_ptrs, bits_ptrs, bytes_in_row, B
     tl.store(bits_ptrs, packed.to(tl.uint8), mask=bytes_in_row)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k"])
 def _kwta_row_kernel(x_ptr, y_ptr, bits_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
@@ -139,7 +153,7 @@ def _prefix_from_hist(hist_row_ptr, k, PASSES_DONE: tl.constexpr):
     return prefix
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k"])
 def _kwta_hist_kernel(x_ptr, hist_ptr, n, k, PASS: tl.constexpr, NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
@@ -151,7 +165,7 @@ def _kwta_hist_kernel(x_ptr, hist_ptr, n, k, PASS: tl.constexpr, NUM_PASSES: tl.
     tl.atomic_add(hist_row_ptr + PASS * BINS + tl.arange(0, BINS), hist, mask=hist > 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k"])
 def _kwta_mask_kernel(x_ptr, y_ptr, bits_ptr, hist_ptr, n, k, NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1).to(tl.int64)
@@ -189,12 +203,14 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     winner_bits = torch.empty((n_rows, (n + 7) // 8), dtype=torch.uint8, device=rows.device)
     num_passes = _num_passes(rows.dtype)
     if n <= TILE:
-        block = max(triton.next_power_of_2(n), 8)
+        # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes
+        # 254 registers per thread (BLOCK 512, ptxas); over four, 72-127 up to BLOCK 2048.
+        block = max(triton.next_power_of_2(n), MIN_BLOCK)
         _kwta_row_kernel[(n_rows,)](rows, y, winner_bits, n, k, BLOCK=block, NUM_PASSES=num_passes,
-                                    num_warps=min(max(block // 512, 1), 8))
+                                    num_warps=4 if block <= 2048 else 8)
         return y, winner_bits
     grid = (n_rows, triton.cdiv(n, TILE))
-    hist = torch.zeros((n_rows, num_passes, BINS), dtype=torch.int32, device=rows.device)
+    hist = torch.zeros((n_rows, num_passes, BINS.value), dtype=torch.int32, device=rows.device)
     for p in range(num_passes):
         _kwta_hist_kernel[grid](rows, hist, n, k, PASS=p, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)
     _kwta_mask_kernel[grid](rows, y, winner_bits, hist, n, k, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)

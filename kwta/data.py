@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 from torchvision.transforms import v2
 
 # L-inf budgets: the replication's for CIFAR-10 (8/255) and SVHN (12/255); the paper's MNIST-family one.
@@ -44,6 +44,44 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(self.images[index]), int(self.labels[index])
+
+
+class EpochSeeded(Dataset):
+    """`dataset` read by (epoch, index) pairs, each sample's random augmentation seeded by (seed, epoch, index).
+
+    A sample's crop and flip then depend on the seed, the epoch and the sample alone: not on which
+    DataLoader worker loads it, how many there are, or whether they persist between epochs (persistent
+    workers are seeded once, so a per-epoch reseed in the main process never reaches them). A resumed run
+    therefore replays an uninterrupted one exactly with any number of workers, and `--workers` does not
+    change the result. The caller's RNG state is left as it was. Pair it with `EpochIndexSampler`.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, epoch_and_index: tuple[int, int]):
+        epoch, index = epoch_and_index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+            return self.dataset[index]
+
+
+class EpochIndexSampler(Sampler):
+    """(epoch, index) for each index of `sampler` (e.g. a DistributedSampler after set_epoch): the epoch
+    travels with the index into whichever worker process loads the sample."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", 0)
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def image_transforms(name: str, input_size: int, augment: bool) -> tuple[v2.Compose, v2.Compose]:

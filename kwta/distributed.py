@@ -26,7 +26,10 @@ def init(device: str = "auto") -> torch.device:
         if chosen.type == "cuda":
             chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(chosen)
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        if chosen.type == "cuda":  # bound to its GPU at once, so collectives never guess a device
+            dist.init_process_group("nccl", device_id=chosen)
+        else:
+            dist.init_process_group("gloo")
     return chosen
 
 
@@ -51,6 +54,20 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     totals = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     return totals.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    In training each process updates its running statistics on its own batches, so after the last step
+    they differ between processes. Evaluating the bare module once they agree scores, on every process,
+    the model rank 0 checkpoints. DDP's forward broadcasts buffers as well, but as a collective inside
+    each forward it needs every process to run equally many forwards, which test shards of unequal
+    length (65 and 64 images in batches of 64) do not give.
+    """
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

@@ -53,20 +53,43 @@ def test_training_writes_metrics_summary_and_a_loadable_checkpoint(two_epoch_run
     assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
 
     # The checkpoint alone rebuilds the model, and it scores on the test set what the run recorded.
-    model, checkpoint = load_model(run_dir / "checkpoint.pt")
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["spec"]["ratio"] == 0.2 and checkpoint["epoch"] == 2
+    assert checkpoint["spec"]["train_precision"] == "fp32"  # auto on CPU
+    assert fp32_test_scores(run_dir)[1] == pytest.approx(metrics[-1]["test_acc"])
+
+
+def fp32_test_scores(run_dir) -> tuple[float, float]:
+    """(loss, accuracy) of the run's checkpoint, scored here in fp32 on TINY_RUN's 24 test images."""
+    model, _ = load_model(run_dir / "checkpoint.pt")
     _, test_ds, _ = get_datasets("synthetic", test_subset=24, seed=0)
     images, labels = torch.stack([image for image, _ in test_ds]), torch.tensor([label for _, label in test_ds])
     with torch.no_grad():
-        accuracy = (model(images).argmax(1) == labels).float().mean().item()
-    assert accuracy == pytest.approx(metrics[-1]["test_acc"])
+        logits = model(images)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
-def test_resume_continues_exactly(two_epoch_run, tmp_path):
+def test_bf16_training_is_recorded_and_test_accuracy_is_measured_in_fp32(tmp_path):
+    """k-WTA's winners depend on the arithmetic: the recorded test accuracy must be the fp32 one attack.py sees."""
+    result = train(*TINY_RUN, "--epochs", "1", "--precision", "bf16", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training in bf16 autocast (test accuracy in fp32)" in result.stdout
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["spec"]["train_precision"] == "bf16"
+    loss, accuracy = fp32_test_scores(tmp_path)
+    recorded = read_metrics(tmp_path)[0]
+    # bf16 logits would move the loss by about 1e-3; fp32 ones agree to rounding
+    assert loss == pytest.approx(recorded["test_loss"], rel=1e-5) and accuracy == pytest.approx(recorded["test_acc"])
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_continues_exactly(two_epoch_run, tmp_path, workers):
+    """1 epoch, then --resume to 2, gives the straight run's weights bit for bit. With 2 persistent DataLoader
+    workers too, against a straight run that loaded in the main process: workers are seeded once, so only
+    augmentation seeded per (seed, epoch, sample) makes that hold."""
     straight_dir, _ = two_epoch_run
-    first = train(*TINY_RUN, "--epochs", "1", "--out", str(tmp_path))
+    first = train(*TINY_RUN, "--epochs", "1", "--workers", workers, "--out", str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
-    second = train(*TINY_RUN, "--epochs", "2", "--out", str(tmp_path), "--resume")
+    second = train(*TINY_RUN, "--epochs", "2", "--workers", workers, "--out", str(tmp_path), "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
 
     straight, resumed = load_checkpoint(straight_dir / "checkpoint.pt"), load_checkpoint(tmp_path / "checkpoint.pt")
@@ -81,26 +104,37 @@ def test_resume_continues_exactly(two_epoch_run, tmp_path):
 
 
 def test_torchrun_two_processes_with_gloo_and_trades(tmp_path):
-    # TRADES here: under DDP its clean pass runs on the bare module and its adversarial pass through DDP,
-    # so this is the risky case.
+    # TRADES here: under DDP its attack runs on the bare module, its clean pass too and its adversarial pass through
+    # DDP, so this is the risky case. 129 test images: shards of 65 and 64, so in test batches of 64 one process
+    # runs two batches, the other one.
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "trades", "--adv-steps", "1", "--out", str(tmp_path),
-                   launcher=launcher)
+    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "trades", "--adv-steps", "1", "--test-subset", "129",
+                   "--out", str(tmp_path), launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
     assert result.stdout.count("done:") == 1  # only rank 0 reports
     with open(tmp_path / "summary.json") as file:
         summary = json.load(file)
-    assert summary["world_size"] == 2 and summary["adv_train"] == "trades" and summary["test_images"] == 24
-    # The two test shards together are the whole test set: 24 images counted, and the accuracy a single process
-    # measures on all of them (rank 0's shard alone would count 12).
+    assert summary["world_size"] == 2 and summary["adv_train"] == "trades" and summary["test_images"] == 129
+
+    # The recorded figures are both shards' together, scored with the checkpoint's weights and BatchNorm statistics
+    # (after the last step each process holds its own running statistics until rank 0's are broadcast).
+    # Recomputed here shard by shard in the same batches, they match: the accuracy to the image, the loss to rounding.
     model, _ = load_model(tmp_path / "checkpoint.pt")
-    _, test_ds, _ = get_datasets("synthetic", test_subset=24, seed=0)
-    images, labels = torch.stack([image for image, _ in test_ds]), torch.tensor([label for _, label in test_ds])
-    with torch.no_grad():
-        correct = int((model(images).argmax(1) == labels).sum())
-    metrics = read_metrics(tmp_path)[0]
-    assert metrics["test_images"] == 24 and metrics["test_acc"] == pytest.approx(correct / 24)
+    _, test_ds, _ = get_datasets("synthetic", test_subset=129, seed=0)
+    loss_sum, correct = 0.0, 0
+    for rank in (0, 1):
+        shard = [test_ds[i] for i in range(rank, 129, 2)]
+        for start in range(0, len(shard), 64):
+            images = torch.stack([image for image, _ in shard[start:start + 64]])
+            labels = torch.tensor([label for _, label in shard[start:start + 64]])
+            with torch.no_grad():
+                logits = model(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+    recorded = read_metrics(tmp_path)[0]
+    assert recorded["test_images"] == 129 and recorded["test_acc"] == correct / 129
+    assert recorded["test_loss"] == pytest.approx(loss_sum / 129, rel=1e-5)
 
 
 def test_a_missing_dataset_exits_non_zero_with_one_line(tmp_path):
