@@ -264,10 +264,11 @@ def upstream(steps: list[Step], names: set[str]) -> list[Step]:
     return [step for step in steps if step.name in found]
 
 
-def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str]) -> list[Step]:
+def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str], commands: bool = False) -> list[Step]:
     """Print what is finished and what will run (and why); return the steps to run, in the given order.
 
     rerun: steps to run again although finished; what follows them runs again too.
+    commands: print each step's command line under it.
     """
     rerun = downstream(steps, rerun)
     pending = []
@@ -276,6 +277,8 @@ def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str]) -> list[
         record = read_record(log_dir, step.name)
         if step.name not in rerun and is_finished(step, key, log_dir):
             print(f"[done] {step.name}: {step.done}")
+            if commands:
+                print(f"    {shlex.join(map(str, step.command + step.location))}")
             continue
         if step.name in rerun:
             why = "asked to rerun"
@@ -286,6 +289,8 @@ def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str]) -> list[
         else:
             why = "new"
         print(f"[to run] {step.name} ({why})")
+        if commands:
+            print(f"    {shlex.join(map(str, step.command + resume_arguments(step, key, log_dir) + step.location))}")
         pending.append(step)
     return pending
 
@@ -303,8 +308,7 @@ def run_steps(steps: list[Step], *, slots: list[dict[str, str]], log_dir: Path, 
     log_dir = Path(log_dir)
     keys = settings_keys(steps, root)
     if dry_run:
-        for step in plan(steps, keys, log_dir, set(rerun)):
-            print(f"    {shlex.join(map(str, step.command + step.location))}")
+        plan(steps, keys, log_dir, set(rerun), commands=True)
         return
     with exclusive_lock(log_dir / LOCK_FILE, what=f"the pipeline in {log_dir.parent}"):
         pending = plan(steps, keys, log_dir, set(rerun))

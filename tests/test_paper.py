@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from kwta.checkpoint import load_checkpoint
+from kwta.models import imagenet_normalization
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,6 +84,8 @@ def test_a_slice_of_the_mini_grid_runs_writes_its_table_and_reruns_only_what_cha
     # Fine-tuned from the locally made ImageNet-layout state dict, normalised as ImageNet's weights expect.
     run = json.loads((tmp_path / "runs/resnet18-fashion-mnist-finetune/kwta-0.2/summary.json").read_text())
     assert run["args"]["weights"].endswith("weights/resnet18-imagenet-layout.pt") and run["test_images"] == 64
+    spec = load_checkpoint(tmp_path / "runs/resnet18-fashion-mnist-finetune/kwta-0.2/checkpoint.pt")["spec"]
+    assert spec["mean"] == pytest.approx(imagenet_normalization(1)[0]) and spec["input_size"] == 64
     incremental = json.loads((tmp_path / "runs/resnet18-cifar-synthetic-paper/kwta-incremental/metrics.jsonl")
                              .read_text().splitlines()[-1])
     assert incremental["ratio"] == 0.15  # 0.2, then one step of the mini schedule
@@ -92,7 +97,7 @@ def test_a_slice_of_the_mini_grid_runs_writes_its_table_and_reruns_only_what_cha
     assert report_row in table and "| k-WTA-0.2 | ours, report's attacks | " in table
     assert "| k-WTA-0.2 | ours, full suite | " in table and "Tables 7 (SVHN) and 8 (CIFAR-10)" in table
     assert f"A_std on {run['test_images']} test images" in table and "PGD 2 steps at rel_stepsize 0.003" in table
-    assert "transfer from ReLU" in table
+    assert "- Transfer: k-WTA-0.2 from ReLU." in table
 
     # Nothing changed: every step is reused. A changed setting reruns that step and what follows it, only.
     again = paper("--mini", "--cpus", "2", *only, "--out", out, "--dry-run")
