@@ -1,5 +1,7 @@
 """KWTA, the nn.Module form of k-WTA, and replace_relu for swapping it into existing networks."""
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -32,16 +34,20 @@ class KWTA(nn.Module):
         return f"{amount}, mode={self.mode!r}, backend={self.backend!r}"
 
 
-def replace_relu(model: nn.Module, ratio: float, *, mode: str = "vol", backend: str = "auto") -> int:
+def replace_relu(model: nn.Module, ratio: float, *, mode: str = "vol", backend: str = "auto",
+                 keep: Iterable[nn.Module] = ()) -> int:
     """Swap every nn.ReLU module of `model` in place for a KWTA; return how many were replaced.
+
+    keep: ReLU modules to leave as they are (e.g. the stem's, as the paper's ResNet does).
 
     A ReLU module that is called several times (torchvision's BasicBlock calls its one ReLU twice)
     becomes one KWTA called as often, so every application is replaced.
     """
+    kept = {id(module) for module in keep}
     replaced = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU):
+            if isinstance(child, nn.ReLU) and id(child) not in kept:
                 setattr(parent, name, KWTA(ratio, mode=mode, backend=backend))
                 replaced += 1
     return replaced
