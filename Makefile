@@ -2,17 +2,23 @@
 PY := .venv/bin/python
 STAMP := .venv/.requirements-installed
 
-.PHONY: setup demo paper test gpu-check lint bench
+.PHONY: setup demo paper paper-mini test gpu-check lint bench
 
 # The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
 demo: setup
 	$(PY) scripts/demo.py
 
 # The replication's whole grid on CIFAR-10 and SVHN: make paper DATA_DIR=/data GPUS=0,1,2,3
+# `make paper --dry-run` (make -n) lists every step with its settings instead: a + line runs even under -n.
 DATA_DIR ?= data
 GPUS ?= 0
+DRY_RUN = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 paper: setup
-	$(PY) scripts/paper.py --data-dir $(DATA_DIR) --gpus $(GPUS)
+	+$(PY) scripts/paper.py --data-dir $(DATA_DIR) --gpus $(GPUS) $(DRY_RUN)
+
+# The same grid at toy sizes (Fashion-MNIST, synthetic data) on the CPU: every group and step kind, in minutes.
+paper-mini: setup
+	+$(PY) scripts/paper.py --mini --cpus 2 $(DRY_RUN)
 
 # setup also installs Debian's dataset-fashion-mnist (real data that works offline) when root and it is missing.
 setup: $(STAMP)
@@ -38,4 +44,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 bench: setup
-	$(PY) -m kernels.bench
+	$(PY) -m bench

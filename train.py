@@ -2,10 +2,14 @@
 
     python train.py --arch resnet18-cifar --dataset fashion-mnist --activation kwta --ratio 0.2 --out runs/fm-kwta
     python train.py --arch resnet18 --dataset cifar10 --pretrained --out runs/ft   # lr 0.01, 10 epochs, 224 px
+    python train.py --arch resnet18-cifar --init-from runs/k02/checkpoint.pt --ratio-schedule 0.2:0.1:0.005:2 \
+        --lr 0.001 --epochs 70 --out runs/incremental     # the paper's incremental sparsity, from a trained model
     torchrun --nproc_per_node=4 train.py ...       # DistributedDataParallel, one process per GPU (gloo on CPU)
 
 Writes into --out: checkpoint.pt (every epoch, atomically), metrics.jsonl (one line per epoch) and
-summary.json; --resume continues from checkpoint.pt exactly where it stopped.
+summary.json; --resume continues from checkpoint.pt exactly where it stopped (with the saved lr schedule:
+a different --lr, --milestones or --weight-decay is refused). Fine-tuning (--pretrained) normalises inputs
+with ImageNet's statistics, as torchvision's weights expect; from scratch, with the dataset's.
 """
 
 import argparse
@@ -23,16 +27,20 @@ from tqdm import tqdm
 
 from kernels.reference import MODES
 from kwta import distributed
-from kwta.adversarial import pgd_linf
-from kwta.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from kwta.cli import positive_int, unit_interval
+from kwta.adversarial import pgd_linf, trades_linf, trades_loss
+from kwta.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from kwta.cli import positive_float, positive_int, unit_interval
 from kwta.data import DATASETS, DEFAULT_EPS, EpochIndexSampler, EpochSeeded, get_datasets
-from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model
+from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model, imagenet_normalization
 from kwta.modules import set_ratio
 
 # Flags a resumed run must share with the run that wrote the checkpoint, or it would not be a continuation.
 RESUME_MUST_MATCH = ("arch", "dataset", "activation", "ratio", "mode", "ratio_schedule", "input_size", "pretrained",
-                     "batch_size", "seed", "train_subset", "adv_train", "precision")
+                     "batch_size", "seed", "train_subset", "adv_train", "adv_eps", "adv_alpha", "adv_steps",
+                     "trades_beta", "stem_relu", "init_from", "precision")
+# Optimiser settings a checkpoint carries in its optimizer and scheduler state: resuming keeps the saved ones.
+RESUME_KEEPS = ("lr", "milestones", "weight_decay")
+ADV_TRAINING = ("pgd", "trades")
 
 
 def ratio_schedule(text: str) -> tuple[float, float, float, int]:
@@ -75,9 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--mode", choices=MODES, default="vol", help="k-WTA rows: whole sample or per channel")
     model.add_argument("--ratio-schedule", type=ratio_schedule, metavar="START:END:STEP:EVERY",
                        help="incremental sparsity, e.g. 0.2:0.1:0.005:2 (overrides --ratio)")
+    model.add_argument("--stem-relu", action="store_true",
+                       help="k-WTA everywhere but the stem, which keeps its ReLU (the paper's resnet18-cifar)")
     model.add_argument("--pretrained", action="store_true", help="fine-tune from torchvision's ImageNet weights")
     model.add_argument("--weights", metavar="PATH",
                        help="ImageNet state dict file to fine-tune from (implies --pretrained)")
+    model.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="start from the weights of a checkpoint.pt of this project (e.g. the paper's incremental "
+                            "sparsity, from a trained k-WTA 0.2 model); the optimiser starts afresh")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10")
     data.add_argument("--data-dir", help="where the dataset lives (default: data/; fashion-mnist: Debian's files)")
@@ -93,11 +106,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     optim.add_argument("--milestones", type=positive_int, nargs="*", metavar="EPOCH",
                        help="epochs where lr drops 10x (default 50; none with --pretrained)")
     optim.add_argument("--batch-size", type=positive_int, default=32, help="per process (default 32)")
-    optim.add_argument("--weight-decay", type=float, default=0.0)
-    optim.add_argument("--adv-train", action="store_true", help="train on L-inf PGD examples (Madry et al.)")
-    optim.add_argument("--adv-eps", type=float, help="PGD budget (default: the dataset's, as attack.py)")
-    optim.add_argument("--adv-alpha", type=float, help="PGD step size (default 2.5 * eps / steps)")
+    optim.add_argument("--weight-decay", type=float, help="default 0")
+    optim.add_argument("--adv-train", nargs="?", const="pgd", choices=ADV_TRAINING,
+                       help="adversarial training: pgd (Madry et al., the default when no value is given) or trades "
+                            "(Zhang et al.)")
+    optim.add_argument("--adv-eps", type=float, help="attack budget (default: the dataset's, as attack.py)")
+    optim.add_argument("--adv-alpha", type=float, help="attack step size (default 2.5 * eps / steps)")
     optim.add_argument("--adv-steps", type=positive_int, default=7)
+    optim.add_argument("--trades-beta", type=positive_float, default=6.0,
+                       help="TRADES's weight of the robust (KL) term (default 6, Zhang et al.'s CIFAR-10 value)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run directory (default runs/ARCH-DATASET-ACTIVATION)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -109,6 +126,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     args.pretrained = args.pretrained or args.weights is not None
+    if args.init_from and args.pretrained:
+        parser.error("--init-from starts from a checkpoint of ours; it does not combine with --pretrained/--weights")
+    if args.stem_relu and args.activation != "kwta":
+        parser.error("--stem-relu needs --activation kwta (a ReLU network keeps every ReLU anyway)")
+    args.given = sorted(key for key in RESUME_KEEPS if getattr(args, key) is not None)  # what the user asked for
     if args.ratio_schedule and args.activation != "kwta":
         parser.error("--ratio-schedule needs --activation kwta")
     if args.ratio_schedule:
@@ -123,6 +145,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.lr = 0.01 if args.pretrained else 0.1
     if args.milestones is None:
         args.milestones = [] if args.pretrained else [50]
+    if args.weight_decay is None:
+        args.weight_decay = 0.0
     if args.input_size is None:
         needs_imagenet_size = args.pretrained or args.arch == "alexnet"
         args.input_size = 224 if needs_imagenet_size else DATASETS[args.dataset]["size"]
@@ -146,8 +170,8 @@ def write_metrics(path: str, history: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
-def evaluate(model, loader, device, memory_format) -> tuple[float, float]:
-    """(mean loss, accuracy) in fp32 over this process's shard of the test set, summed over all processes."""
+def evaluate(model, loader, device, memory_format) -> tuple[float, float, int]:
+    """(mean loss, accuracy, images) in fp32 over the test set: each process's shard, summed over all processes."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -161,7 +185,7 @@ def evaluate(model, loader, device, memory_format) -> tuple[float, float]:
             correct += (logits.argmax(dim=1) == labels).sum()
             count += len(labels)
     loss_sum, correct, count = distributed.all_reduce_sum([loss_sum.item(), correct.item(), count], device)
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    return loss_sum / max(count, 1), correct / max(count, 1), int(count)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,12 +217,22 @@ def main(argv: list[str] | None = None) -> None:
         if args.download and is_main:
             distributed.barrier()
         torch.manual_seed(args.seed)  # the same initial weights on every process
+        normalize = imagenet_normalization(info["in_channels"]) if args.pretrained else (info["mean"], info["std"])
         bare_model = build_model(
             args.arch, num_classes=info["num_classes"], in_channels=info["in_channels"], activation=args.activation,
-            ratio=args.ratio, mode=args.mode, pretrained=args.pretrained, weights=args.weights,
-            normalize=(info["mean"], info["std"]),
+            ratio=args.ratio, mode=args.mode, pretrained=args.pretrained, weights=args.weights, normalize=normalize,
+            stem_relu=args.stem_relu,
         )
         resumed = load_checkpoint(checkpoint_path) if args.resume else None
+        if args.init_from and resumed is None:
+            initial = load_checkpoint(args.init_from)
+            this_run = {"arch": args.arch, "dataset": args.dataset, "num_classes": info["num_classes"],
+                        "in_channels": info["in_channels"], "input_size": args.input_size}
+            for key, value in this_run.items():
+                if initial["spec"][key] != value:
+                    raise ValueError(f"--init-from: {args.init_from} has {key} {initial['spec'][key]!r}, "
+                                     f"this run {value!r}")
+            bare_model.load_state_dict(initial["model"])  # its normalisation buffers too: the one it learned with
     except (ValueError, OSError) as error:
         fail(error)
     if resumed is not None:
@@ -208,6 +242,13 @@ def main(argv: list[str] | None = None) -> None:
             then, now = resumed["args"].get(key), vars(args)[key]
             if key in resumed["args"] and then != now:  # a key absent from an older checkpoint is not checked
                 fail(f"--resume: {checkpoint_path} was trained with --{key.replace('_', '-')} {then}, not {now}")
+        # The optimiser and scheduler states restore these; a new value asked for would be silently ignored.
+        for key in RESUME_KEEPS:
+            then = resumed["args"].get(key, vars(args)[key])
+            if key in args.given and vars(args)[key] != then:
+                fail(f"--resume continues with the saved --{key.replace('_', '-')} {then}; start a new run (another "
+                     f"--out) to train with {vars(args)[key]}")
+            vars(args)[key] = then
         bare_model.load_state_dict(resumed["model"])
     bare_model.to(device, memory_format=memory_format)
     model = bare_model
@@ -243,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if is_main:
         os.makedirs(args.out, exist_ok=True)
+        for path in remove_stale_temporaries(args.out):  # a write that a kill interrupted; nobody else writes here
+            print(f"removed {path}, left by an interrupted write")
         kind = f"k-WTA {args.ratio} ({args.mode})" if args.activation == "kwta" else "ReLU"
         precision = "bf16 autocast (test accuracy in fp32)" if train_precision == "bf16" else "fp32"
         print(f"{args.arch} with {kind} on {args.dataset} ({len(train_ds)} train, {len(test_ds)} test, "
@@ -272,11 +315,22 @@ def main(argv: list[str] | None = None) -> None:
                 # statistics should not drift towards the attack's intermediate steps.
                 bare_model.eval()
                 with autocast():
-                    images = pgd_linf(bare_model, images, labels, args.adv_eps, args.adv_alpha, args.adv_steps)
+                    if args.adv_train == "pgd":
+                        adversarial = pgd_linf(bare_model, images, labels, args.adv_eps, args.adv_alpha, args.adv_steps)
+                    else:
+                        adversarial = trades_linf(bare_model, images, args.adv_eps, args.adv_alpha, args.adv_steps)
                 model.train()
             with autocast():
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
+                if args.adv_train == "trades":
+                    # Clean pass on the bare module, adversarial pass through DDP: one DDP forward per backward,
+                    # and autograd hands each parameter the sum of both paths' gradients once.
+                    logits = model(adversarial)
+                    clean_logits = bare_model(images)
+                    loss = trades_loss(clean_logits, logits, labels, args.trades_beta)
+                    logits = clean_logits  # train accuracy is the clean one, as for plain training
+                else:
+                    logits = model(adversarial if args.adv_train else images)
+                    loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -290,12 +344,12 @@ def main(argv: list[str] | None = None) -> None:
             [loss_sum.item(), correct.item(), seen], device)
         train_seconds = time.perf_counter() - epoch_start
         distributed.broadcast_buffers(bare_model)
-        test_loss, test_acc = evaluate(bare_model, test_loader, device, memory_format)
+        test_loss, test_acc, test_images = evaluate(bare_model, test_loader, device, memory_format)
 
         row = {
             "epoch": epoch + 1, "lr": lr, "ratio": ratio if args.activation == "kwta" else None,
             "train_loss": train_loss / train_seen, "train_acc": train_correct / train_seen,
-            "test_loss": test_loss, "test_acc": test_acc,
+            "test_loss": test_loss, "test_acc": test_acc, "test_images": test_images,
             "train_seconds": train_seconds, "seconds": time.perf_counter() - epoch_start,
         }
         if is_main:
@@ -303,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
             spec = {
                 "arch": args.arch, "activation": args.activation, "ratio": row["ratio"], "mode": args.mode,
                 "dataset": args.dataset, "num_classes": info["num_classes"], "in_channels": info["in_channels"],
-                "input_size": args.input_size, "mean": list(info["mean"]), "std": list(info["std"]),
+                "input_size": args.input_size, "mean": bare_model.normalize.mean.flatten().tolist(),
+                "std": bare_model.normalize.std.flatten().tolist(), "stem_relu": args.stem_relu,
                 "train_precision": train_precision,
             }
             # Checkpoint first, then metrics from the checkpoint's history: whichever write a kill interrupts,
@@ -323,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             "arch": args.arch, "dataset": args.dataset, "activation": args.activation,
             "ratio": history[-1]["ratio"], "mode": args.mode, "pretrained": args.pretrained,
             "adv_train": args.adv_train, "epochs": len(history), "world_size": world_size, "device": device.type,
-            "train_precision": train_precision,
+            "train_images": len(train_ds), "test_images": len(test_ds), "train_precision": train_precision,
             "final_test_acc": history[-1]["test_acc"], "best_test_acc": max(r["test_acc"] for r in history),
             "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history),
             "train_seconds_per_epoch": sum(r["train_seconds"] for r in history) / len(history),

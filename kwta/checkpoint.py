@@ -4,11 +4,12 @@ A checkpoint is a plain dict:
   format      "kwta-checkpoint" (anything else is refused)
   version     CHECKPOINT_VERSION (newer ones are refused)
   spec        what build_model needs: arch, activation, ratio, mode, dataset, num_classes, in_channels,
-              input_size (and mean, std of the normalisation)
+              input_size (and mean, std of the normalisation; stem_relu when the stem kept its ReLU)
   model       the model's state dict
   ...         whatever else the writer keeps (train.py: optimizer, scheduler, epoch, history, args)
 """
 
+import glob
 import io
 import os
 import tempfile
@@ -55,6 +56,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             os.close(folder_descriptor)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete what interrupted atomic_write calls left in `folder` (a killed checkpoint write leaves a file as
+    large as the checkpoint); return the paths removed. Call it only where no other process is writing."""
+    stale = sorted(glob.glob(os.path.join(glob.escape(str(folder)), ".*.tmp")))
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """torch.save `checkpoint` atomically, stamped with the format marker and version."""
     buffer = io.BytesIO()
@@ -97,6 +107,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         ratio=spec["ratio"],
         mode=spec["mode"],
         normalize=normalize,
+        stem_relu=spec.get("stem_relu", False),
     )
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

@@ -7,6 +7,7 @@ are mirror-symmetric, then a resize when the network wants another input size (2
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -96,8 +97,11 @@ def image_transforms(name: str, input_size: int, augment: bool) -> tuple[v2.Comp
 
 def read_idx(path: str) -> np.ndarray:
     """An idx-format unsigned-byte array (the MNIST family's file format), gzipped or not."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as file:
-        data = file.read()
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as file:
+            data = file.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # a download cut short, or a damaged file
+        raise ValueError(f"{path}: truncated or corrupt ({error}); delete it and download it again") from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{path}: not an idx file of unsigned bytes")
     ndim = data[3]

@@ -17,6 +17,11 @@ ARCHS = ("resnet18", "resnet18-cifar", "alexnet")
 ACTIVATIONS = ("relu", "kwta")
 # AlexNet's three stride-2 max-pools need at least this many pixels; fine-tuning uses 224 as ImageNet did.
 MIN_INPUT_SIZE = {"resnet18": 1, "resnet18-cifar": 1, "alexnet": 63}
+# The statistics torchvision's ImageNet weights were trained with: a fine-tuned network must see its inputs
+# normalised the same way, or its first layer starts from features tuned to another input distribution.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The activation module right after the first convolution (torchvision's ResNet calls `relu` only there).
+STEM_ACTIVATION = {"resnet18": "relu", "resnet18-cifar": "relu", "alexnet": "features.1"}
 TORCHVISION_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
@@ -65,6 +70,19 @@ def load_pretrained_state_dict(arch: str, weights: str | os.PathLike | None) -> 
         ) from None
 
 
+def imagenet_normalization(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) that feed pretrained ImageNet filters what they expect, for 3 or 1 input channels.
+
+    A gray image meets adapt_in_channels' summed filters: one channel normalised with the average of
+    ImageNet's statistics (the per-channel ones differ by a few hundredths, so this is close, not exact).
+    """
+    if in_channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if in_channels == 1:
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    raise ValueError(f"in_channels: ImageNet statistics exist for 1 or 3 channels, got {in_channels}")
+
+
 def adapt_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """`conv`, or a copy of it that takes `in_channels` channels.
 
@@ -95,12 +113,15 @@ def build_model(
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    stem_relu: bool = False,
 ) -> nn.Module:
     """The network `arch` with `activation` ("relu", or "kwta": every ReLU replaced), taking images in [0, 1].
 
     arch: "resnet18", "alexnet" (torchvision layouts) or "resnet18-cifar" (3x3 stride-1 stem, no max-pool).
     pretrained: start from torchvision's ImageNet weights (from `weights`, a state dict file, when given).
     normalize: (mean, std) per input channel, applied inside the model; None leaves inputs unchanged.
+    stem_relu: with activation "kwta", keep the ReLU after the first convolution, as the paper's
+        resnet18-cifar does (its blocks use k-WTA, its stem ReLU); False replaces every ReLU.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -140,7 +161,10 @@ def build_model(
         net.fc = nn.Linear(net.fc.in_features, num_classes)
 
     if activation == "kwta":
-        replace_relu(net, ratio, mode=mode)
+        stem = net.get_submodule(STEM_ACTIVATION[arch])
+        if not isinstance(stem, nn.ReLU):
+            raise RuntimeError(f"{arch}: expected a ReLU after the stem convolution, found {type(stem).__name__}")
+        replace_relu(net, ratio, mode=mode, keep=[stem] if stem_relu else [])
 
     mean, std = normalize if normalize is not None else ((0.0,) * in_channels, (1.0,) * in_channels)
     if len(mean) != in_channels:

@@ -2,7 +2,7 @@
 for attacking a k-WTA network through a smooth backward (BPDA) without copying it."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -41,16 +41,20 @@ class KWTA(nn.Module):
         return text
 
 
-def replace_relu(model: nn.Module, ratio: float, *, mode: str = "vol", backend: str = "auto") -> int:
+def replace_relu(model: nn.Module, ratio: float, *, mode: str = "vol", backend: str = "auto",
+                 keep: Iterable[nn.Module] = ()) -> int:
     """Swap every nn.ReLU module of `model` in place for a KWTA; return how many were replaced.
+
+    keep: ReLU modules to leave as they are (e.g. the stem's, as the paper's ResNet does).
 
     A ReLU module that is called several times (torchvision's BasicBlock calls its one ReLU twice)
     becomes one KWTA called as often, so every application is replaced.
     """
+    kept = {id(module) for module in keep}
     replaced = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU):
+            if isinstance(child, nn.ReLU) and id(child) not in kept:
                 setattr(parent, name, KWTA(ratio, mode=mode, backend=backend))
                 replaced += 1
     return replaced

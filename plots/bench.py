@@ -1,10 +1,12 @@
-"""Figures of the k-WTA benchmark from the CSVs `python -m kernels.bench` writes.
+"""Figures of the k-WTA benchmark from the CSVs `python -m bench` writes.
 
     python plots/bench.py [--results results/bench] [CSV ...]
 
 For every ops-<device>.csv: milliseconds per shape and provider as grouped bars on a log scale (forward, backward,
 forward+backward); for every sweep-<device>.csv: nanoseconds per element against row length on log axes; for every
-model-<device>.csv: milliseconds per training step. Each PNG is saved next to the CSV it was drawn from, same stem.
+model-<device>.csv: milliseconds per training step. A CSV that holds several clocks (wall clock at the default
+threads, process time on one thread) gets a row of panels per clock. The title names the machine, from the
+environment JSON beside the CSV. Each PNG is saved next to the CSV it was drawn from, same stem.
 """
 
 import argparse
@@ -26,6 +28,7 @@ PROVIDER_COLORS = {
     "topk": "#d62728",
     "reference": "#9467bd",
     "cpu": "#1f77b4",
+    "partition": "#8c564b",
     "kthvalue": "#ff7f0e",
     "relu": "#2ca02c",
     "triton": "#17becf",
@@ -54,83 +57,114 @@ def _number(text: str) -> float:
 
 
 def _describe(row: dict) -> str:
-    return f"{row['device']}, {row['dtype']}, ratio {row['ratio']}, {_clock(row)}"
+    return f"{row['device']}, {row['dtype']}, ratio {row['ratio']}"
+
+
+def _machine(csv_path: str, device: str) -> str:
+    """The CPU (or GPU) the CSV was measured on, from its environment JSON; '' when there is none."""
+    path = os.path.join(os.path.dirname(csv_path), f"environment-{device}.json")
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as file:
+        environment = json.load(file)
+    return environment.get("gpu") or environment.get("cpu") or ""
+
+
+def _by_clock(rows: list[dict]) -> dict[str, list[dict]]:
+    groups = {}
+    for row in rows:
+        groups.setdefault(_clock(row), []).append(row)
+    return groups
 
 
 def _clock(row: dict) -> str:
-    """How the times were taken: wall clock or the process's CPU time, on how many threads."""
+    """How the times were taken: wall clock or the process's CPU time, on how many threads, or CUDA events."""
+    if row.get("clock") == "cuda":
+        return "CUDA events (do_bench)"
     threads = f", {row['threads']} thread{'s' if row['threads'] != '1' else ''}" if row.get("threads") else ""
     kind = "process CPU time" if row.get("clock") == "process" else "wall clock"
     return kind + threads
 
 
 def plot_ops(csv_path: str) -> str:
-    """Grouped bars: ms per shape for every provider, one panel per pass; returns the PNG path."""
+    """Grouped bars: ms per shape for every provider, one panel per pass and a row per clock; returns the PNG."""
     rows = read_rows(csv_path)
+    clocks = _by_clock(rows)
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    cell = {(r["shape"], r["provider"]): r for r in rows}
     row_length = {r["shape"]: r["row_length"] for r in rows}
     panels = (("forward_ms", "forward"), ("backward_ms", "backward"), ("forward_backward_ms", "forward + backward"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), sharey=True)
+    figure, axes = plt.subplots(len(clocks), len(panels), figsize=(6 * len(panels), 5.2 * len(clocks)),
+                                sharey=True, squeeze=False)
     width = 0.8 / len(providers)
-    for axis, (column, title) in zip(axes, panels, strict=True):
-        for index, provider in enumerate(providers):
-            values = [_number(cell[(s, provider)][column]) if (s, provider) in cell else math.nan for s in shapes]
-            positions = [i + (index - (len(providers) - 1) / 2) * width for i in range(len(shapes))]
-            axis.bar(positions, values, width, label=provider, color=PROVIDER_COLORS.get(provider))
-        axis.set_yscale("log")
-        axis.set_title(title)
-        axis.set_xticks(range(len(shapes)))
-        axis.set_xticklabels([f"{s}\nN={int(row_length[s]) // 1024}K" for s in shapes], fontsize=8)
-        axis.set_xlabel("input shape (B x C x H x W), row length N = C*H*W")
-        axis.grid(axis="y", which="both", alpha=0.3)
-    axes[0].set_ylabel("median time (ms, log scale)")
-    figure.suptitle(f"k-WTA operator, median over interleaved runs ({_describe(rows[0])}; copy: forward only)")
-    _legend_outside(figure, axes)
+    for axes_row, (clock, clock_rows) in zip(axes, clocks.items(), strict=True):
+        cell = {(r["shape"], r["provider"]): r for r in clock_rows}
+        for axis, (column, title) in zip(axes_row, panels, strict=True):
+            for index, provider in enumerate(providers):
+                values = [_number(cell[(s, provider)][column]) if (s, provider) in cell else math.nan for s in shapes]
+                positions = [i + (index - (len(providers) - 1) / 2) * width for i in range(len(shapes))]
+                axis.bar(positions, values, width, label=provider, color=PROVIDER_COLORS.get(provider))
+            axis.set_yscale("log")
+            axis.set_title(f"{title} ({clock})")
+            axis.set_xticks(range(len(shapes)))
+            axis.set_xticklabels([f"{s}\nN={int(row_length[s]) // 1024}K" for s in shapes], fontsize=8)
+            axis.set_xlabel("input shape (B x C x H x W), row length N = C*H*W")
+            axis.grid(axis="y", which="both", alpha=0.3)
+        axes_row[0].set_ylabel("median time (ms, log scale)")
+    figure.suptitle(f"k-WTA operator on {_machine(csv_path, rows[0]['device']) or rows[0]['device']}, median over "
+                    f"interleaved runs ({_describe(rows[0])}; copy: forward only)")
+    _legend_outside(figure, axes.flat)
     return _save(figure, csv_path)
 
 
 def plot_sweep(csv_path: str) -> str:
-    """ns per element against row length at a fixed total size, forward and forward+backward."""
+    """ns per element against row length at a fixed total size, forward and forward+backward, a row per clock."""
     rows = read_rows(csv_path)
+    clocks = _by_clock(rows)
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     panels = (("forward_ns_per_element", "forward"), ("forward_backward_ns_per_element", "forward + backward"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(12, 5), sharey=True)
-    for axis, (column, title) in zip(axes, panels, strict=True):
-        for provider in providers:
-            points = sorted((int(r["row_length"]), _number(r[column])) for r in rows if r["provider"] == provider)
-            if all(math.isnan(v) for _, v in points):
-                continue  # copy has no backward
-            axis.plot(*zip(*points, strict=True), marker="o", label=provider, color=PROVIDER_COLORS.get(provider))
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_title(title)
-        axis.set_xlabel("row length N (elements, log scale)")
-        axis.grid(which="both", alpha=0.3)
-    axes[0].set_ylabel("median time per element (ns, log scale)")
+    figure, axes = plt.subplots(len(clocks), len(panels), figsize=(12, 5 * len(clocks)), sharey=True, squeeze=False)
+    for axes_row, (clock, clock_rows) in zip(axes, clocks.items(), strict=True):
+        for axis, (column, title) in zip(axes_row, panels, strict=True):
+            for provider in providers:
+                points = sorted((int(r["row_length"]), _number(r[column])) for r in clock_rows
+                                if r["provider"] == provider)
+                if not points or all(math.isnan(v) for _, v in points):
+                    continue  # copy has no backward
+                axis.plot(*zip(*points, strict=True), marker="o", label=provider, color=PROVIDER_COLORS.get(provider))
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_title(f"{title} ({clock})")
+            axis.set_xlabel("row length N (elements, log scale)")
+            axis.grid(which="both", alpha=0.3)
+        axes_row[0].set_ylabel("median time per element (ns, log scale)")
     total = _elements(int(rows[0]["total_elements"]))
-    figure.suptitle(f"k-WTA cost per element vs row length at {total} elements per tensor ({_describe(rows[0])})")
-    _legend_outside(figure, axes)
+    machine = _machine(csv_path, rows[0]["device"]) or rows[0]["device"]
+    figure.suptitle(f"k-WTA cost per element vs row length at {total} elements per tensor on {machine} "
+                    f"({_describe(rows[0])})")
+    _legend_outside(figure, axes.flat)
     return _save(figure, csv_path)
 
 
 def plot_model(csv_path: str) -> str:
-    """ms per training step of each activation, annotated with the ratio to ReLU."""
+    """ms per training step of each activation, annotated with the ratio to ReLU, a panel per clock."""
     rows = read_rows(csv_path)
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    labels = [r["activation"] for r in rows]
-    values = [_number(r["step_ms"]) for r in rows]
-    colors = [PROVIDER_COLORS.get(label.split()[0], PROVIDER_COLORS["cpu"]) for label in labels]
-    bars = axis.bar(labels, values, color=colors)
-    for bar, row in zip(bars, rows, strict=True):
-        axis.annotate(f"{_number(row['x_relu']):.2f}x relu", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                      ha="center", va="bottom", fontsize=9)
-    axis.set_ylabel("median time per training step (ms)")
-    axis.set_xlabel("activation")
-    first = rows[0]
-    axis.set_title(f"{first['arch']} training step, batch {first['batch']}\n({first['device']}, {_clock(first)})")
-    axis.grid(axis="y", alpha=0.3)
+    clocks = _by_clock(rows)
+    figure, axes = plt.subplots(1, len(clocks), figsize=(6.5 * len(clocks), 4.5), squeeze=False)
+    for axis, (clock, clock_rows) in zip(axes[0], clocks.items(), strict=True):
+        labels = [r["activation"] for r in clock_rows]
+        values = [_number(r["step_ms"]) for r in clock_rows]
+        colors = [PROVIDER_COLORS.get(label.split()[0], PROVIDER_COLORS["cpu"]) for label in labels]
+        bars = axis.bar(labels, values, color=colors)
+        for bar, row in zip(bars, clock_rows, strict=True):
+            axis.annotate(f"{_number(row['x_relu']):.2f}x relu", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=9)
+        axis.set_ylabel("median time per training step (ms)")
+        axis.set_xlabel("activation")
+        first = clock_rows[0]
+        machine = _machine(csv_path, first["device"]) or first["device"]
+        axis.set_title(f"{first['arch']} training step, batch {first['batch']}\n({machine}, {clock})")
+        axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save(figure, csv_path)
 
@@ -172,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = args.csvs or sorted(p for kind in PLOTTERS for p in glob.glob(os.path.join(args.results, f"{kind}-*.csv")))
     if not paths:
-        parser.error(f"no ops-*.csv, sweep-*.csv or model-*.csv in {args.results}; run python -m kernels.bench first")
+        parser.error(f"no ops-*.csv, sweep-*.csv or model-*.csv in {args.results}; run python -m bench first")
     for path in paths:
         kind = os.path.basename(path).split("-", 1)[0]
         if kind not in PLOTTERS:

@@ -23,7 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from kwta.attacks import format_table, table_row  # noqa: E402
 from kwta.checkpoint import atomic_write  # noqa: E402
@@ -61,7 +62,6 @@ def build_steps(args, out: Path) -> list[Step]:
     steps = []
     for name, activation, ratio in MODELS:
         run_dir = out / "runs" / name
-        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
         steps.append(Step(
             f"train-{name}",
             python_command(
@@ -69,9 +69,9 @@ def build_steps(args, out: Path) -> list[Step]:
                 *(["--ratio", ratio] if ratio else []), "--train-subset", args.train_subset,
                 "--test-subset", args.test_subset, "--epochs", args.epochs, "--lr", args.lr,
                 "--milestones", max(args.epochs - 1, 1), "--batch-size", args.batch_size, "--device", args.device,
-                "--out", run_dir, *data, *resume,
+                "--out", run_dir,
             ),
-            done=run_dir / "summary.json",
+            done=run_dir / "summary.json", resume=["--resume"], checkpoint=run_dir / "checkpoint.pt", location=data,
         ))
     relu_checkpoint = out / "runs" / "relu" / "checkpoint.pt"
     for name, _, _ in MODELS:
@@ -85,17 +85,17 @@ def build_steps(args, out: Path) -> list[Step]:
                 "--n-images", args.n_images, "--restarts", args.restarts, "--aa-iterations", args.aa_iterations,
                 "--square-queries", args.square_queries, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
                 "--eot-samples", args.eot_samples, "--device", args.device,
-                "--out", out / "attacks" / f"{name}.json", *data,
+                "--out", out / "attacks" / f"{name}.json",
             ),
-            done=out / "attacks" / f"{name}.json",
+            done=out / "attacks" / f"{name}.json", location=data,
             needs=[f"train-{name}"] + ([] if name == "relu" else ["attack-relu"]),
         ))
     checkpoints = [out / "runs" / name / "checkpoint.pt" for name, _, _ in MODELS]
     steps.append(Step(
         "landscape",
         python_command("plots/landscape.py", "--checkpoints", *checkpoints, "--steps", args.landscape_steps,
-                       "--image-index", 0, 1, 2, 3, "--out", out / "landscape.png", *data),
-        done=out / "landscape.png",
+                       "--image-index", 0, 1, 2, 3, "--out", out / "landscape.png"),
+        done=out / "landscape.png", location=["--data-dir", args.data_dir] if args.data_dir else [],
         needs=[f"train-{name}" for name, _, _ in MODELS],
     ))
     steps.append(Step(
@@ -217,7 +217,7 @@ def main() -> None:
     started = time.perf_counter()
     steps = build_steps(args, out)
     try:
-        run_steps(steps, devices=[None], log_dir=out / "logs", dry_run=args.dry_run)
+        run_steps(steps, slots=[{}], log_dir=out / "logs", root=out, cwd=ROOT, dry_run=args.dry_run)
     except RuntimeError as error:
         sys.exit(f"demo: {error}")
     if not args.dry_run:

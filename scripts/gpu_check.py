@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_ops.py", "tests/test_cuda.py", "tests/test_aot.py"]
-BENCH = [sys.executable, "-m", "kernels.bench", "--device", "cuda", "--sweep", "--model"]
+BENCH = [sys.executable, "-m", "bench", "--device", "cuda", "--sweep", "--model"]
 
 
 def run(command: list[str], log: Path) -> int:

@@ -141,3 +141,18 @@ def test_missing_fashion_mnist_says_where_it_looked(tmp_path):
 def test_unknown_dataset_names_the_argument():
     with pytest.raises(ValueError, match="dataset"):
         get_datasets("mnist-but-typo")
+
+
+def test_a_truncated_gz_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    from train import main
+
+    write_fake_fashion_mnist(tmp_path, train_size=200)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-200])  # a download cut short
+    with pytest.raises(ValueError, match="truncated or corrupt") as raised:
+        get_datasets("fashion-mnist", str(tmp_path))
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(SystemExit) as exited:  # train.py: one line, no traceback
+        main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--arch", "resnet18-cifar",
+              "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert "truncated or corrupt" in str(exited.value.code) and "\n" not in str(exited.value.code)

@@ -143,3 +143,29 @@ def test_a_state_dict_of_another_network_is_refused(tmp_path):
 def test_bad_arguments_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         build_model(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stem_relu_keeps_only_the_first_activation(arch):
+    size = INPUT_SIZE[arch]
+    model = build_model(arch, activation="kwta", stem_relu=True).eval()
+    relu_calls, kwta_calls = [], []
+    for module in model.modules():
+        calls = relu_calls if isinstance(module, nn.ReLU) else kwta_calls if isinstance(module, KWTA) else None
+        if calls is not None:
+            module.register_forward_hook(lambda _m, inputs, _o, calls=calls: calls.append(inputs[0].shape))
+    with torch.no_grad():
+        model(torch.rand(2, 3, size, size))
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert len(relu_calls) == 1 and relu_calls[0][1] == first_conv.out_channels  # the stem's, called once
+    assert len(kwta_calls) == (2 * 8 if arch.startswith("resnet18") else 6)  # every other activation
+
+
+def test_imagenet_normalization_for_rgb_and_gray():
+    from kwta.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalization
+
+    assert imagenet_normalization(3) == (IMAGENET_MEAN, IMAGENET_STD)
+    (mean,), (std,) = imagenet_normalization(1)
+    assert mean == pytest.approx(sum(IMAGENET_MEAN) / 3) and std == pytest.approx(sum(IMAGENET_STD) / 3)
+    with pytest.raises(ValueError, match="in_channels"):
+        imagenet_normalization(4)

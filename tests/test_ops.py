@@ -133,21 +133,57 @@ def test_triton_default_tile_boundary(n):
     check_against_reference(x, "triton", ratio=0.1)
 
 
+@pytest.fixture
+def torch_threads():
+    """Set torch's CPU thread count (the cpu path's too) for one test and restore it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
-@pytest.mark.parametrize("parallel_min", [0, None])
-def test_cpu_parallel_and_serial_kernels_match_reference(monkeypatch, dtype, parallel_min):
-    """Below cpu.PARALLEL_MIN_ELEMENTS the passes run in one thread; 0 forces the parallel kernels."""
-    if parallel_min is not None:
+def test_cpu_every_path_matches_reference(monkeypatch, torch_threads, dtype):
+    """One thread; row blocks on a pool; rows split into chunks whose histograms merge (rows fewer than
+    threads); rows shorter and longer than cpu.SMALL_ROW (two first-pass loops), none a multiple of
+    cpu.BLOCK (the tail after the last block)."""
+    monkeypatch.setattr(cpu, "SPLIT_MIN_CHUNK", 2 * cpu.BLOCK)  # split rows of a few thousand elements
+    long_row = cpu.SMALL_ROW + 77
+    for threads, parallel_min in ((1, cpu.PARALLEL_MIN_ELEMENTS), (3, 0)):
+        torch_threads(threads)
         monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", parallel_min)
-    check_against_reference(special_values((5, 3, 7, 11), dtype, seed=5), "cpu", ratio=0.3)
-    check_against_reference(torch.randn(7, 301, generator=torch.Generator().manual_seed(7)).to(dtype), "cpu", k=13)
-    # past the default threshold: 2 x 40,000 elements take the parallel kernels either way
-    check_against_reference(special_values((2, 40_000), dtype, seed=6), "cpu", ratio=0.1)
+        check_against_reference(special_values((5, 3, 7, 11), dtype, seed=5), "cpu", ratio=0.3)
+        check_against_reference(torch.randn(7, 301, generator=torch.Generator().manual_seed(7)).to(dtype), "cpu", k=13)
+        for rows in (1, 2, 4):  # 3 threads: 3 chunks of one row, 2 chunks of each of two, row blocks
+            x = special_values((rows, long_row), dtype, seed=rows)
+            for k in (1, 97, long_row):
+                check_against_reference(x, "cpu", k=k)
+            x = torch.randn(rows, long_row, generator=torch.Generator().manual_seed(rows)).to(dtype)
+            check_against_reference(x, "cpu", ratio=0.1)
+
+
+NAN_BITS = {  # quiet, negative (x86's default NaN), signalling: one key for all of them, payloads kept
+    torch.float32: [0x7FC00000, -0x400000, 0x7F800001],
+    torch.float16: [0x7E00, -0x200, 0x7C01],
+    torch.bfloat16: [0x7FC0, -0x40, 0x7F81],
+    torch.float64: [0x7FF8000000000000, -0x8000000000000, 0x7FF0000000000001],
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_payloads_and_signs_all_win_bit_exact(backend, dtype):
+    x = special_values((3, 50), dtype, seed=11)
+    nans = torch.tensor(NAN_BITS[dtype] * 4, dtype=torch.int64).to(INT_VIEW[dtype]).view(dtype)
+    x.view(-1)[torch.randperm(150, generator=torch.Generator().manual_seed(0))[: len(nans)]] = nans
+    for k in (1, 5, 20, 50):
+        check_against_reference(x, backend, k=k)
 
 
 def test_cpu_float64_and_backends_share_one_mask_format():
     x = torch.randn(3, 5, 7, dtype=torch.float64)
     check_against_reference(x, "cpu", ratio=0.3)
+    nans = torch.tensor(NAN_BITS[torch.float64] * 2, dtype=torch.int64).view(torch.float64)
+    check_against_reference(torch.cat([special_values((2, 40), torch.float64, seed=2), nans.view(2, 3)], 1), "cpu", k=9)
     rows = torch.randn(4, 77)
     _, cpu_bits = torch.ops.kwta.cpu_forward(rows, 20)
     _, triton_bits = torch.ops.kwta.triton_forward(rows.to(device_for("triton")), 20)

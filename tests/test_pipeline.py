@@ -1,80 +1,133 @@
-"""The pipeline runner behind `make demo` and `make paper`: skips, order, devices, failures."""
+"""The pipeline runner behind `make demo` and `make paper`: settings keys, reruns, resume, locks, slots, failures."""
 
-import subprocess
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from kwta.pipeline import Step, run_steps, step_seconds
-
-ROOT = Path(__file__).resolve().parent.parent
+from kwta.pipeline import Busy, Step, cpu_slots, exclusive_lock, read_record, run_steps, step_seconds
 
 
-def writer(path: Path, text: str = "$CUDA_VISIBLE_DEVICES") -> list[str]:
-    """A command that appends `text` (environment variables expanded) to `path`."""
-    code = f"import os; open({str(path)!r}, 'a').write(os.path.expandvars({text!r}) + chr(10))"
-    return [sys.executable, "-c", code]
+def step(tmp_path: Path, name: str, text: str = "x", needs=(), args=(), **options) -> Step:
+    """A step that appends `name text` to tmp_path/order.txt and then writes its done file (args: ignored)."""
+    done = tmp_path / "out" / name
+    code = (f"import os; open({str(tmp_path / 'order.txt')!r}, 'a').write({name!r} + ' ' + {text!r} + ' '"
+            f" + os.environ.get('OMP_NUM_THREADS', '-') + chr(10)); open({str(done)!r}, 'w')")
+    return Step(name, [sys.executable, "-c", code, *args], done, needs=list(needs), **options)
 
 
-def test_runs_in_dependency_order_and_skips_finished(tmp_path):
-    order = tmp_path / "order.txt"
-    steps = [
-        Step("b", writer(order, "b"), tmp_path / "b", needs=["a"]),
-        Step("a", writer(order, "a"), tmp_path / "a"),
-    ]
-    # the done files: each step "finishes" by writing its own marker after the order line
-    steps = [Step(s.name, [sys.executable, "-c", f"{s.command[2]}; open({str(s.done)!r}, 'w')"], s.done, s.needs)
-             for s in steps]
-    run_steps(steps, devices=[None], log_dir=tmp_path / "logs")
-    assert order.read_text().split() == ["a", "b"]
-    seconds = step_seconds(tmp_path / "logs")
-    assert sorted(seconds) == ["a", "b"] and all(0 < s < 60 for s in seconds.values())
-    run_steps(steps, devices=[None], log_dir=tmp_path / "logs")  # both done: nothing runs again
-    assert order.read_text().split() == ["a", "b"]
-    assert step_seconds(tmp_path / "logs") == seconds  # the times of the run that did the work are kept
+def ran(tmp_path: Path) -> list[str]:
+    """The steps that ran so far, in order (and forget them)."""
+    path = tmp_path / "order.txt"
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []
+    path.unlink(missing_ok=True)
+    return [line.split()[0] for line in lines]
 
 
-def test_each_device_gets_its_own_steps(tmp_path):
-    seen = tmp_path / "devices.txt"
-    steps = [Step(f"s{i}", [sys.executable, "-c", f"{writer(seen)[2]}; open({str(tmp_path / str(i))!r}, 'w')"],
-                  tmp_path / str(i)) for i in range(4)]
-    run_steps(steps, devices=["0", "1"], log_dir=tmp_path / "logs")
-    assert sorted(seen.read_text().split()) == ["0", "0", "1", "1"]
-    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
-    assert logs == ["s0.log", "s1.log", "s2.log", "s3.log", "seconds.json"]
+def run(steps, tmp_path, **options):
+    (tmp_path / "out").mkdir(exist_ok=True)
+    run_steps(steps, slots=options.pop("slots", [{}]), log_dir=tmp_path / "out" / "logs", root=tmp_path / "out",
+              **options)
+
+
+def test_dependency_order_then_reuse_then_rerun_on_changed_settings(tmp_path):
+    grid = lambda b_text="x", c_needs=("b",): [step(tmp_path, "c", needs=c_needs), step(tmp_path, "b", b_text,
+                                                                                         needs=["a"]),
+                                               step(tmp_path, "a"), step(tmp_path, "d")]
+    run(grid(), tmp_path)
+    assert ran(tmp_path) in (["a", "b", "c", "d"], ["a", "d", "b", "c"], ["d", "a", "b", "c"], ["a", "b", "d", "c"])
+    seconds = step_seconds(tmp_path / "out" / "logs")
+    assert sorted(seconds) == ["a", "b", "c", "d"] and all(0 < s < 60 for s in seconds.values())
+
+    run(grid(), tmp_path)  # unchanged: nothing runs again, and the times of the run that did the work stay
+    assert ran(tmp_path) == [] and step_seconds(tmp_path / "out" / "logs") == seconds
+
+    run(grid(b_text="y"), tmp_path)  # b's command changed: b reruns, and c, which needs it; a and d are reused
+    assert ran(tmp_path) == ["b", "c"]
+    record = read_record(tmp_path / "out" / "logs", "b")
+    assert record["status"] == "done" and record["settings"]["command"][-1].count("'y'") == 1
+
+    (tmp_path / "out" / "d").unlink()  # a finished step whose result is gone runs again
+    run(grid(b_text="y"), tmp_path, rerun={"a"})  # and one asked for by name, with what follows it
+    assert sorted(ran(tmp_path)) == ["a", "b", "c", "d"]
+
+
+def test_keys_ignore_where_the_output_lives_but_not_input_contents(tmp_path, capsys):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"1")
+    steps = lambda data_dir: [step(tmp_path, "fine-tune", args=["--out", str(tmp_path / "out" / "run")],
+                                   inputs=[weights], location=["--data-dir", data_dir])]
+    run(steps("/data"), tmp_path)
+    assert ran(tmp_path) == ["fine-tune"]
+    run(steps("/elsewhere"), tmp_path)  # the data moved: same settings
+    assert ran(tmp_path) == []
+    record = read_record(tmp_path / "out" / "logs", "fine-tune")
+    assert record["settings"]["command"][-2:] == ["--out", "$OUT/run"]  # the output folder may move
+    assert "/data" not in json.dumps(record["settings"])
+    weights.write_bytes(b"2")
+    capsys.readouterr()
+    run(steps("/data"), tmp_path)
+    assert ran(tmp_path) == ["fine-tune"] and "an input file changed" in capsys.readouterr().out
+
+
+def test_an_interrupted_step_resumes_only_with_unchanged_settings(tmp_path):
+    checkpoint = tmp_path / "out" / "checkpoint"
+    (tmp_path / "out").mkdir()
+    crash = Step("train", [sys.executable, "-c", f"open({str(checkpoint)!r}, 'w'); raise SystemExit(1)"],
+                 tmp_path / "out" / "summary", resume=["--resume"], checkpoint=checkpoint)
+    with pytest.raises(RuntimeError, match="1 step"):
+        run([crash], tmp_path)
+    # The same settings again: the resume arguments are added (here they make the command finish the step).
+    finish = [sys.executable, "-c", f"import sys; assert sys.argv[1:] == ['--resume']; "
+              f"open({str(tmp_path / 'out' / 'summary')!r}, 'w')"]
+    crash.command = finish  # a changed command is a changed setting: no --resume then
+    with pytest.raises(RuntimeError):
+        run([crash], tmp_path)
+    assert read_record(tmp_path / "out" / "logs", "train")["status"] == "failed"
+    run([crash], tmp_path)  # the failed attempt had these settings and left its checkpoint: resume
+    assert read_record(tmp_path / "out" / "logs", "train")["status"] == "done"
+
+
+def test_two_invocations_do_not_collide(tmp_path):
+    (tmp_path / "out" / "logs").mkdir(parents=True)
+    with exclusive_lock(tmp_path / "out" / "logs" / "pipeline.lock", what="test"):
+        with pytest.raises(Busy, match=r"in use by pid \d+"):
+            run([step(tmp_path, "a")], tmp_path)
+    with exclusive_lock(tmp_path / "out" / "logs" / "steps" / "a.lock", what="step a"):  # a cluster job runs a
+        with pytest.raises(RuntimeError, match="2 step.*: a, b"):
+            run([step(tmp_path, "a"), step(tmp_path, "b", needs=["a"]), step(tmp_path, "c")], tmp_path)
+    assert ran(tmp_path) == ["c"]
+    run([step(tmp_path, "a")], tmp_path)  # locks die with their holder: nothing stale is left behind
+    assert ran(tmp_path) == ["a"]
+
+
+def test_slots_run_side_by_side_with_their_environment(tmp_path):
+    steps = [step(tmp_path, f"s{i}") for i in range(4)]
+    run(steps, tmp_path, slots=cpu_slots(2, cores=4))
+    lines = (tmp_path / "order.txt").read_text().split("\n")[:-1]
+    assert sorted(line.split()[-1] for line in lines) == ["2"] * 4  # each of 2 slots gets 4 // 2 threads
+    logs = sorted(p.name for p in (tmp_path / "out" / "logs").iterdir() if p.suffix == ".log")
+    assert logs == ["s0.log", "s1.log", "s2.log", "s3.log"]
 
 
 def test_failure_skips_dependents_but_not_the_rest(tmp_path):
     steps = [
         Step("broken", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "never"),
         Step("after-broken", [sys.executable, "-c", "pass"], tmp_path / "never2", needs=["broken"]),
-        Step("independent", [sys.executable, "-c", f"open({str(tmp_path / 'ok')!r}, 'w')"], tmp_path / "ok"),
+        step(tmp_path, "independent"),
+        Step("lazy", [sys.executable, "-c", "pass"], tmp_path / "not-written"),  # exit 0 without its file
     ]
-    with pytest.raises(RuntimeError, match="broken, after-broken"):
-        run_steps(steps, devices=["0"], log_dir=tmp_path / "logs")
-    assert (tmp_path / "ok").exists()
-
-
-def test_a_step_that_exits_0_without_its_file_has_failed(tmp_path):
-    with pytest.raises(RuntimeError, match="1 step"):
-        run_steps([Step("lazy", [sys.executable, "-c", "pass"], tmp_path / "x")], devices=[None], log_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="3 step.*broken, .*after-broken"):
+        run(steps, tmp_path, slots=cpu_slots(2))
+    assert ran(tmp_path) == ["independent"]
 
 
 def test_bad_steps_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown dependencies"):
-        run_steps([Step("a", ["true"], tmp_path / "a", needs=["z"])], devices=[None], log_dir=tmp_path)
+        run([Step("a", ["true"], tmp_path / "a", needs=["z"])], tmp_path)
     with pytest.raises(ValueError, match="unique"):
-        run_steps([Step("a", ["true"], tmp_path / "a")] * 2, devices=[None], log_dir=tmp_path)
-
-
-def test_paper_grid_dry_run_lists_every_run(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/paper.py", "--dry-run", "--out", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, check=True)
-    lines = result.stdout.splitlines()
-    trains = [line for line in lines if line.startswith("[would run] train-")]
-    attacks = [line for line in lines if line.startswith("[would run] attack-")]
-    assert len(trains) == len(attacks) == 2 * 2 * 2 * 3 + 4
-    assert sum("--pretrained" in line for line in trains) == 12
-    assert sum("--ratio-schedule 0.2:0.1:0.005:2" in line for line in trains) == 1
-    assert sum("--source-checkpoint" in line for line in attacks) == len(attacks) - 9  # all but the 9 ReLU models
+        run([Step("a", ["true"], tmp_path / "a")] * 2, tmp_path)
+    with pytest.raises(ValueError, match="cycle"):
+        run([Step("a", ["true"], tmp_path / "a", needs=["b"]), Step("b", ["true"], tmp_path / "b", needs=["a"])],
+            tmp_path)

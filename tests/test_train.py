@@ -103,18 +103,19 @@ def test_resume_continues_exactly(two_epoch_run, tmp_path, workers):
     assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(straight_dir))
 
 
-def test_torchrun_two_processes_with_gloo_and_adversarial_training(tmp_path):
-    # --adv-train here too: under DDP the PGD steps must run on the bare module, so this is the risky case.
-    # 129 test images: shards of 65 and 64, so in test batches of 64 one process runs two batches, the other one.
+def test_torchrun_two_processes_with_gloo_and_trades(tmp_path):
+    # TRADES here: under DDP its attack runs on the bare module, its clean pass too and its adversarial pass through
+    # DDP, so this is the risky case. 129 test images: shards of 65 and 64, so in test batches of 64 one process
+    # runs two batches, the other one.
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "--adv-steps", "1", "--test-subset", "129",
+    result = train(*TINY_RUN, "--epochs", "1", "--adv-train", "trades", "--adv-steps", "1", "--test-subset", "129",
                    "--out", str(tmp_path), launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.jsonl", "summary.json"]
     assert result.stdout.count("done:") == 1  # only rank 0 reports
     with open(tmp_path / "summary.json") as file:
         summary = json.load(file)
-    assert summary["world_size"] == 2 and summary["adv_train"] is True
+    assert summary["world_size"] == 2 and summary["adv_train"] == "trades" and summary["test_images"] == 129
 
     # The recorded figures are both shards' together, scored with the checkpoint's weights and BatchNorm statistics
     # (after the last step each process holds its own running statistics until rank 0's are broadcast).
@@ -132,7 +133,7 @@ def test_torchrun_two_processes_with_gloo_and_adversarial_training(tmp_path):
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
     recorded = read_metrics(tmp_path)[0]
-    assert recorded["test_acc"] == correct / 129
+    assert recorded["test_images"] == 129 and recorded["test_acc"] == correct / 129
     assert recorded["test_loss"] == pytest.approx(loss_sum / 129, rel=1e-5)
 
 
@@ -186,3 +187,31 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss():
     with torch.no_grad():
         assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_resume_refuses_a_new_learning_rate(two_epoch_run):
+    straight_dir, _ = two_epoch_run  # trained with --lr 0.02 --milestones 2: its optimiser and scheduler keep them
+    other_lr = [arg if arg != "0.02" else "0.5" for arg in TINY_RUN]
+    with pytest.raises(SystemExit, match="saved --lr 0.02"):
+        main([*other_lr, "--epochs", "3", "--out", str(straight_dir), "--resume"])
+    other_milestones = [arg if arg != "2" else "1" for arg in TINY_RUN]
+    with pytest.raises(SystemExit, match=r"saved --milestones \[2\]"):
+        main([*other_milestones, "--epochs", "3", "--out", str(straight_dir), "--resume"])
+
+
+def test_init_from_a_trained_model_with_the_stem_relu_and_stale_temporaries_cleaned(two_epoch_run, tmp_path, capsys):
+    straight_dir, _ = two_epoch_run
+    stale = tmp_path / ".checkpoint.pt.x1y2.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"\0" * 1000)
+    main([*TINY_RUN, "--epochs", "1", "--lr", "1e-12", "--stem-relu",
+          "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path)])
+    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().out
+    model, checkpoint = load_model(tmp_path / "checkpoint.pt")
+    assert checkpoint["spec"]["stem_relu"] and isinstance(model.net.relu, torch.nn.ReLU)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 1  # the blocks are k-WTA
+    initial = load_checkpoint(straight_dir / "checkpoint.pt")["model"]
+    for name in ("net.conv1.weight", "net.fc.weight"):  # lr 1e-12: the weights it started from, unchanged
+        assert torch.allclose(checkpoint["model"][name], initial[name], atol=1e-6)
+    with pytest.raises(SystemExit, match="--init-from.*arch 'resnet18-cifar'"):
+        main([*[a if a != "resnet18-cifar" else "resnet18" for a in TINY_RUN], "--epochs", "1",
+              "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path / "other")])
