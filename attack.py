@@ -44,7 +44,8 @@ and the attack failed, and worst case counts it only if it survived every attack
 output is checked (within eps + 1e-6 of the image in L-inf, in [0, 1], no NaN) and a violation aborts.
 Every robust accuracy carries a 95% Wilson score interval (JSON: the bounds; printed and in the table:
 +- the larger distance from the figure to a bound, so the band covers the interval).
-Gradient-masking warnings: an attack beating PGD by more than 5 points (the worst case well below PGD),
+Gradient-masking warnings: an attack beating PGD by more than 5 points, or leaving at most half of PGD's
+figure and 2 points or more below it (the worst case well below PGD),
 Square beating every white-box attack, PGD success not growing with eps or not reaching about 100% at
 the largest eps of its curve (--eps-curve, on by default: PGD alone at 0.5, 2, 4 and 8 x eps), vanishing
 input gradients.

@@ -64,6 +64,10 @@ SANITY_TOLERANCE = 1e-6
 # by more than this many accuracy points, PGD leaving more than LARGE_EPS_ACCURACY at the largest eps of
 # its curve, or more than this share of images having (numerically) zero input gradient, is a warning.
 MASKING_MARGIN = 0.05
+# ... or an attack leaving at most this share of PGD's figure, at least MASKING_MIN_GAP below it: where PGD
+# already leaves little, breaking half of its survivors is masking too, though fewer than 5 points.
+MASKING_SHARE = 0.5
+MASKING_MIN_GAP = 0.02
 LARGE_EPS_ACCURACY = 0.01
 VANISHING_GRADIENT_SHARE = 0.1
 VANISHING_GRADIENT_NORM = 1e-12
@@ -595,8 +599,11 @@ def masking_warnings(
     warnings = []
     for eps, accuracy in sorted(accuracy_by_eps.items()):
         if "pgd" in accuracy:
+            pgd_accuracy = accuracy["pgd"]
             stronger = [name for name in accuracy if name not in ("pgd", "worst_case")
-                        and accuracy["pgd"] - accuracy[name] > MASKING_MARGIN]
+                        and (pgd_accuracy - accuracy[name] > MASKING_MARGIN
+                             or (accuracy[name] <= MASKING_SHARE * pgd_accuracy
+                                 and pgd_accuracy - accuracy[name] >= MASKING_MIN_GAP))]
             if stronger:
                 others = ", ".join(f"{name} {accuracy[name]:.1%}" for name in stronger)
                 warnings.append(

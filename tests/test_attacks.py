@@ -376,6 +376,10 @@ def test_masking_warnings():
     assert masking_warnings({0.1: {"pgd": 0.40, "es": 0.38, "eot": 0.37, "transfer": 0.5, "worst_case": 0.37}}) == []
     (flagged,) = masking_warnings({0.1: {"pgd": 0.40, "es": 0.30, "transfer": 0.2, "worst_case": 0.1}})
     assert "worst case leaves 10.0% against PGD's 40.0%" in flagged and "es 30.0%, transfer 20.0%" in flagged
+    # where PGD leaves little, an attack breaking half of its survivors is flagged though under 5 points
+    (flagged,) = masking_warnings({0.1: {"pgd": 0.043, "autoattack": 0.035, "bpda": 0.0, "worst_case": 0.0}})
+    assert "worst case leaves 0.0% against PGD's 4.3% (bpda 0.0%)" in flagged
+    assert masking_warnings({0.1: {"pgd": 0.03, "bpda": 0.015, "worst_case": 0.015}}) == []  # 1.5 points: noise
     # Square beating PGD is no flag while a white-box attack (here APGD-CE) does as well
     (flagged,) = masking_warnings({0.1: {"pgd": 0.40, "apgd-ce": 0.30, "square": 0.32, "worst_case": 0.3}})
     assert "worst case" in flagged and "Square (gradient-free)" not in flagged
