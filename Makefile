@@ -6,7 +6,7 @@ STAMP := .venv/.requirements-installed
 
 # The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 # The replication's whole grid on CIFAR-10 and SVHN: make paper DATA_DIR=/data GPUS=0,1,2,3
 # `make paper --dry-run` (make -n) lists every step with its settings instead: a + line runs even under -n.
@@ -14,11 +14,11 @@ DATA_DIR ?= data
 GPUS ?= 0
 DRY_RUN = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
 paper: setup
-	+$(PY) scripts/paper.py --data-dir $(DATA_DIR) --gpus $(GPUS) $(DRY_RUN)
+	+$(PY) -m scripts.paper --data-dir $(DATA_DIR) --gpus $(GPUS) $(DRY_RUN)
 
 # The same grid at toy sizes (Fashion-MNIST, synthetic data) on the CPU: every group and step kind, in minutes.
 paper-mini: setup
-	+$(PY) scripts/paper.py --mini --cpus 2 $(DRY_RUN)
+	+$(PY) -m scripts.paper --mini --cpus 2 $(DRY_RUN)
 
 # setup also installs Debian's dataset-fashion-mnist (real data that works offline) when root and it is missing.
 setup: $(STAMP)
@@ -26,10 +26,12 @@ setup: $(STAMP)
 		apt-get update && apt-get install -y dataset-fashion-mnist; \
 	fi
 
-$(STAMP): requirements.txt
+# The pinned set, then this checkout as an editable install (kwta, and kernels/ as kwta.kernels).
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: setup
@@ -38,7 +40,7 @@ test: setup
 # On a machine with a CUDA GPU: the kernels on CUDA against the reference, CUDA graphs, torch.compile, a bf16
 # training step of each architecture, the benchmark with its GPU targets, and a one-line verdict.
 gpu-check: setup
-	$(PY) scripts/gpu_check.py
+	$(PY) -m scripts.gpu_check
 
 lint: setup
 	$(PY) -m ruff check .

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from experiments.cli import positive_float, positive_int
 from kwta import distributed
 from kwta.attacks import (
     ATTACKS,
@@ -89,7 +90,6 @@ from kwta.attacks import (
     wilson_interval,
 )
 from kwta.checkpoint import atomic_write, load_model
-from kwta.cli import positive_float, positive_int
 from kwta.data import DEFAULT_EPS, get_datasets
 
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32

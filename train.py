@@ -21,15 +21,15 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kwta.kernels.reference import MODES
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from kernels.reference import MODES
+from experiments.cli import positive_float, positive_int, unit_interval
 from kwta import distributed
 from kwta.adversarial import pgd_linf, trades_linf, trades_loss
 from kwta.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from kwta.cli import positive_float, positive_int, unit_interval
 from kwta.data import DATASETS, DEFAULT_EPS, EpochIndexSampler, EpochSeeded, get_datasets
 from kwta.models import ACTIVATIONS, ARCHS, MIN_INPUT_SIZE, build_model, imagenet_normalization
 from kwta.modules import set_ratio

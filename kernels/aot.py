@@ -1,7 +1,7 @@
 """Compile every Triton kernel specialization the launchers make, ahead of time, for real GPUs.
 
-    python -m kernels.aot                      # the table: kernel, dtype, constexprs, arch, registers, smem, spills
-    python -m kernels.aot --arch 80 90 --json results/aot.json
+    python -m kwta.kernels.aot               # the table: kernel, dtype, constexprs, arch, registers, smem, spills
+    python -m kwta.kernels.aot --arch 80 90 --json results/aot.json
 
 No GPU is needed, but TRITON_INTERPRET must be unset: the interpreter runs code the GPU compiler
 rejects (a plain module global read inside a kernel, for one), so tests passing on CPU prove nothing
@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="compute capabilities (80 90)")
     parser.add_argument("--json", help="write the table as JSON here too")
     args = parser.parse_args(argv)
-    from kernels import triton_kwta
+    from . import triton_kwta
 
     try:
         launches = record_launches(triton_kwta, launcher_workload(triton_kwta))
     except RuntimeError as error:
-        sys.exit(f"kernels.aot: error: {error}")
+        sys.exit(f"kwta.kernels.aot: error: {error}")
     results = compile_launches(launches, args.arch)
     header = f"{'kernel':24} {'dtype':5} {'arch':>4} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7}  constexprs"
     print(header)

@@ -26,7 +26,7 @@ Backward: read grad_y and the 1/8-byte mask, write grad_x -> 2 * itemsize + 0.12
 All offsets are int64, so tensors past 2**31 elements stay correct.
 
 Resources per program, as ptxas reports them for every specialization the launchers make on sm_80 and
-sm_90 (`python -m kernels.aot`; tests/test_aot.py fails on any spill):
+sm_90 (`python -m kwta.kernels.aot`; tests/test_aot.py fails on any spill):
     kernel                 warps  registers/thread         shared memory      spills
     _kwta_row_kernel       4      48-128 (BLOCK 128-2048)  8 KiB (histogram)  0
     _kwta_row_kernel       8      80-128 (BLOCK 4096)      8 KiB              0

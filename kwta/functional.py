@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from kernels import cpu
-from kernels.reference import check_input, kwta_reference, resolve_k, row_shape
+from kwta.kernels import cpu
+from kwta.kernels.reference import check_input, kwta_reference, resolve_k, row_shape
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -41,14 +41,14 @@ def _cpu_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tens
 
 @torch.library.custom_op("kwta::triton_forward", mutates_args=())
 def _triton_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from kernels import triton_kwta
+    from kwta.kernels import triton_kwta
 
     return triton_kwta.kwta_forward(rows, k)
 
 
 @torch.library.custom_op("kwta::triton_backward", mutates_args=())
 def _triton_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
-    from kernels import triton_kwta
+    from kwta.kernels import triton_kwta
 
     return triton_kwta.kwta_backward(grad_y, winner_bits)
 
@@ -77,7 +77,7 @@ def _kernels(backend: str):
         return _OPS[backend]
     if backend == "cpu":
         return cpu.kwta_forward, cpu.kwta_backward
-    from kernels import triton_kwta
+    from kwta.kernels import triton_kwta
 
     return triton_kwta.kwta_forward, triton_kwta.kwta_backward
 

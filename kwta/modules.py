@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from kernels.reference import MODES
 from kwta.functional import BACKENDS, kwta
+from kwta.kernels.reference import MODES
 
 
 class KWTA(nn.Module):

@@ -1,6 +1,6 @@
 """Figures of the k-WTA benchmark from the CSVs `python -m bench` writes.
 
-    python plots/bench.py [--results results/bench] [CSV ...]
+    python -m plots.bench [--results results/bench] [CSV ...]
 
 For every ops-<device>.csv: milliseconds per shape and provider as grouped bars on a log scale (forward, backward,
 forward+backward); for every sweep-<device>.csv: nanoseconds per element against row length on log axes; for every

@@ -1,6 +1,6 @@
 """Training curves from train.py's metrics.jsonl, and robust accuracy against eps from attack.py's JSON files.
 
-    python plots/curves.py --metrics runs/fm-kwta/metrics.jsonl runs/fm-relu/metrics.jsonl \\
+    python -m plots.curves --metrics runs/fm-kwta/metrics.jsonl runs/fm-relu/metrics.jsonl \\
         --attacks results/fm-kwta.json results/fm-relu.json --out results/curves.png
 
 Panels: loss per epoch and accuracy per epoch (train dashed, test solid), then, with --attacks, accuracy
@@ -21,8 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are written to files; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kwta, run as plots/curves.py
-from kwta.figures import save_figure  # noqa: E402
+from experiments.figures import save_figure  # noqa: E402
 
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 ATTACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X")

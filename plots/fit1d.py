@@ -1,6 +1,6 @@
 """The paper's 1-D illustration: a k-WTA MLP and a ReLU MLP fitted to a handful of points of a 1-D function.
 
-    python plots/fit1d.py --out results/fit1d.png [--points 10 --hidden 256 --ratio 0.2 --steps 2000]
+    python -m plots.fit1d --out results/fit1d.png [--points 10 --hidden 256 --ratio 0.2 --steps 2000]
 
 Both networks are Linear(1, H) -> act -> Linear(H, H) -> act -> Linear(H, 1), trained full-batch with Adam
 on the same points from the same initial weights. k-WTA rows are the H hidden units of one sample, so
@@ -16,8 +16,6 @@ activation-pattern changes and jumps between neighbours), and prints a summary p
 """
 
 import argparse
-import os
-import sys
 
 import matplotlib
 
@@ -27,9 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kwta, run as plots/fit1d.py
-from kwta.cli import positive_int, unit_interval  # noqa: E402
-from kwta.figures import save_figure  # noqa: E402
+from experiments.cli import positive_int, unit_interval  # noqa: E402
+from experiments.figures import save_figure  # noqa: E402
 from kwta.modules import KWTA  # noqa: E402
 
 DOMAIN = (-1.0, 1.0)

@@ -1,6 +1,6 @@
 """Loss-landscape figure: the loss around one test image on the (gradient sign, random) slice, per checkpoint.
 
-    python plots/landscape.py --checkpoints runs/fm-kwta/checkpoint.pt runs/fm-relu/checkpoint.pt \\
+    python -m plots.landscape --checkpoints runs/fm-kwta/checkpoint.pt runs/fm-relu/checkpoint.pt \\
         --out results/landscape.png [--steps 25 --radius 0.1 --image-index 0 1 2 --data-dir D]
 
 One 3-D surface per checkpoint side by side (as the paper's figure: k-WTA, k-WTA + adversarial training,
@@ -16,7 +16,6 @@ image) and .json (the roughness table with each checkpoint's spec).
 """
 
 import argparse
-import os
 import sys
 
 import matplotlib
@@ -27,11 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kwta, run as plots/landscape.py
+from experiments.cli import positive_float  # noqa: E402
+from experiments.figures import save_figure  # noqa: E402
 from kwta.checkpoint import load_model  # noqa: E402
-from kwta.cli import positive_float  # noqa: E402
 from kwta.data import DEFAULT_EPS, get_datasets  # noqa: E402
-from kwta.figures import save_figure  # noqa: E402
 from kwta.landscape import loss_landscape, roughness  # noqa: E402
 
 ROUGHNESS_DEFINITION = roughness.__doc__.strip().splitlines()[0]

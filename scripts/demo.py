@@ -3,8 +3,8 @@ attack each with attack.py's whole suite (PGD, DeepFool, AutoAttack, Square, BPD
 k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PGD's eps curve up to
 8 x eps, draw the loss landscapes and the curves, and write results/demo/summary.md.
 
-    make demo                                  # = .venv/bin/python scripts/demo.py
-    python scripts/demo.py --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
+    make demo                                  # = .venv/bin/python -m scripts.demo
+    python -m scripts.demo --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
         --square-queries 5000 --restarts 5 --es-steps 20 --es-samples 50 --eot-samples 8    # a bigger run (GPU)
 
 The defaults fit about 20 minutes on 2 CPU cores (README, "The demo, measured"): 3,000 training images
@@ -24,12 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
+from experiments.cli import positive_float, positive_int  # noqa: E402
+from experiments.pipeline import Step, python_command, run_steps, step_seconds  # noqa: E402
 from kwta.attacks import format_table, table_row  # noqa: E402
 from kwta.checkpoint import atomic_write  # noqa: E402
-from kwta.cli import positive_float, positive_int  # noqa: E402
-from kwta.pipeline import Step, python_command, run_steps, step_seconds  # noqa: E402
 
 MODELS = [("relu", "relu", None), ("kwta-0.2", "kwta", 0.2), ("kwta-0.1", "kwta", 0.1)]
 
@@ -93,14 +92,14 @@ def build_steps(args, out: Path) -> list[Step]:
     checkpoints = [out / "runs" / name / "checkpoint.pt" for name, _, _ in MODELS]
     steps.append(Step(
         "landscape",
-        python_command("plots/landscape.py", "--checkpoints", *checkpoints, "--steps", args.landscape_steps,
+        python_command("plots.landscape", "--checkpoints", *checkpoints, "--steps", args.landscape_steps,
                        "--image-index", 0, 1, 2, 3, "--out", out / "landscape.png"),
         done=out / "landscape.png", location=["--data-dir", args.data_dir] if args.data_dir else [],
         needs=[f"train-{name}" for name, _, _ in MODELS],
     ))
     steps.append(Step(
         "curves",
-        python_command("plots/curves.py", "--metrics", *[out / "runs" / n / "metrics.jsonl" for n, _, _ in MODELS],
+        python_command("plots.curves", "--metrics", *[out / "runs" / n / "metrics.jsonl" for n, _, _ in MODELS],
                        "--out", out / "curves.png"),
         done=out / "curves.png",
         needs=[f"train-{name}" for name, _, _ in MODELS],

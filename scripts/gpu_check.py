@@ -1,7 +1,7 @@
-"""The checks only a GPU can make, in one command: `make gpu-check` (= python scripts/gpu_check.py).
+"""The checks only a GPU can make, in one command: `make gpu-check` (= python -m scripts.gpu_check).
 
     make gpu-check                                   # on a machine with a CUDA GPU, after `make setup`
-    python scripts/gpu_check.py --out results/gpu-check --skip-bench
+    python -m scripts.gpu_check --out results/gpu-check --skip-bench
 
 1. Correctness on the GPU: tests/test_ops.py runs every bit-exactness case (odd shapes, ties, NaN, +-inf,
    signed zeros, k = 1 and k = N, split rows, all three dtypes) with the triton backend on CUDA tensors

@@ -1,8 +1,8 @@
 """The replication's grid and the paper's own experiments, every model attacked, tables beside the report's.
 
-    make paper DATA_DIR=/data GPUS=0,1,2,3     # = python scripts/paper.py --data-dir /data --gpus 0,1,2,3
-    python scripts/paper.py --dry-run          # every step with its settings, and which are finished
-    python scripts/paper.py --slurm --slurm-partition gpu --data-dir /shared/data   # one SLURM job per step
+    make paper DATA_DIR=/data GPUS=0,1,2,3     # = python -m scripts.paper --data-dir /data --gpus 0,1,2,3
+    python -m scripts.paper --dry-run          # every step with its settings, and which are finished
+    python -m scripts.paper --slurm --slurm-partition gpu --data-dir /shared/data   # one SLURM job per step
     make paper-mini                            # the same grid at toy sizes: 2 CPU cores, minutes
 
 Groups (one table each, in OUT/tables/):
@@ -52,11 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from kwta.checkpoint import atomic_write  # noqa: E402
-from kwta.cli import positive_int  # noqa: E402
-from kwta.pipeline import (  # noqa: E402
+from experiments.cli import positive_int  # noqa: E402
+from experiments.pipeline import (  # noqa: E402
     Busy,
     Step,
     cpu_slots,
@@ -66,7 +64,8 @@ from kwta.pipeline import (  # noqa: E402
     run_steps,
     upstream,
 )
-from kwta.replication import ModelResults, anomalies, comparison_table, load_report, report_table  # noqa: E402
+from experiments.replication import ModelResults, anomalies, comparison_table, load_report, report_table  # noqa: E402
+from kwta.checkpoint import atomic_write  # noqa: E402
 
 TORCHVISION_ARCHS = ("alexnet", "resnet18")
 ARCH_TITLES = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet18-cifar": "the paper's resnet18-cifar"}
@@ -249,7 +248,7 @@ def build_steps(args, scale: Scale, out: Path) -> list[Step]:
             runs = {run.name: run for run in group.runs}
             steps.append(Step(
                 f"landscape-{group.name}",
-                python_command("plots/landscape.py", "--checkpoints",
+                python_command("plots.landscape", "--checkpoints",
                                *[out / "runs" / group.name / name / "checkpoint.pt" for name in LANDSCAPE_RUNS],
                                "--labels", *[runs[name].label for name in LANDSCAPE_RUNS], *scale.landscape,
                                "--out", figure),
@@ -257,11 +256,11 @@ def build_steps(args, scale: Scale, out: Path) -> list[Step]:
                 minutes=minutes["landscape"],
             ))
             last.append(steps[-1].name)
-    steps.append(Step("fit1d", python_command("plots/fit1d.py", *scale.fit, "--out", out / "fit1d.png"),
+    steps.append(Step("fit1d", python_command("plots.fit1d", *scale.fit, "--out", out / "fit1d.png"),
                       done=out / "fit1d.png", gpus=0, minutes=minutes["fit"]))
     last.append("fit1d")
     steps.append(Step(
-        "tables", python_command("scripts/paper.py", "--tables-only", *(["--mini"] if scale.mini else []),
+        "tables", python_command("scripts.paper", "--tables-only", *(["--mini"] if scale.mini else []),
                                  "--out", out),
         done=out / "tables" / "all.md", needs=last, gpus=0, minutes=minutes["tables"],
     ))
@@ -463,7 +462,7 @@ def main() -> None:
             if scale.mini:
                 write_imagenet_layout_weights(out)
         if args.slurm:
-            from kwta.slurm import submit_steps
+            from experiments.slurm import submit_steps
 
             if args.dry_run:
                 run_steps(steps, slots=[{}], log_dir=out / "logs", root=out, cwd=ROOT, dry_run=True, rerun=rerun)

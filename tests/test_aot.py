@@ -22,8 +22,8 @@ def compiler_env() -> dict:
 
 def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills(tmp_path):
     table = tmp_path / "aot.json"
-    done = subprocess.run([sys.executable, "-m", "kernels.aot", "--json", str(table)], cwd=ROOT, env=compiler_env(),
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "kwta.kernels.aot", "--json", str(table)], cwd=ROOT,
+                          env=compiler_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(table.read_text())
     for arch in (80, 90):
@@ -64,7 +64,7 @@ def test_the_check_catches_what_only_the_interpreter_accepts(tmp_path):
     script = textwrap.dedent("""
         import sys, torch
         import plain_global_kernel as module
-        from kernels import aot
+        from kwta.kernels import aot
         launches = aot.record_launches(module, lambda: module.copy(torch.zeros(64)))
         assert len(launches) == 1
         try:
@@ -85,7 +85,7 @@ def test_the_check_catches_what_only_the_interpreter_accepts(tmp_path):
 def test_recording_refuses_the_interpreter():
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the suite runs kernels compiled here, not interpreted")
-    from kernels import aot, triton_kwta
+    from kwta.kernels import aot, triton_kwta
 
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         aot.record_launches(triton_kwta, lambda: None)

@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
+from kwta.kernels.reference import kwta_reference
 from torch import nn
 
 from bench import providers, report
 from bench.__main__ import QUICK_SHAPES, QUICK_SWEEP_ROW_LENGTHS, bench_model, bench_shapes, main, parse_args
 from bench.timing import saved_bytes_per_element
-from kernels.reference import kwta_reference
 
 CPU_PROVIDERS = ("topk", "reference", "cpu", "partition", "kthvalue", "relu", "copy")
 CLOCKS = {("wall", "1"), ("process", "1")}

@@ -14,7 +14,7 @@ TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
 def test_demo_runs_every_step_and_reuses_them(tmp_path):
-    command = [sys.executable, "scripts/demo.py", "--out", str(tmp_path), *TINY]
+    command = [sys.executable, "-m", "scripts.demo", "--out", str(tmp_path), *TINY]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()

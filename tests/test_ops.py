@@ -6,9 +6,9 @@ tensors in Triton's interpreter (tests/conftest.py), so the same cases check the
 
 import pytest
 import torch
+from kwta.kernels import cpu, triton_kwta
+from kwta.kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
 
-from kernels import cpu, triton_kwta
-from kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
 from kwta import KWTA, kwta, replace_relu
 from kwta.functional import resolve_backend
 from kwta.modules import set_ratio, surrogate_gradient

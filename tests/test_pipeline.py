@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kwta.pipeline import Busy, Step, cpu_slots, exclusive_lock, read_record, run_steps, step_seconds
+from experiments.pipeline import Busy, Step, cpu_slots, exclusive_lock, read_record, run_steps, step_seconds
 
 
 def step(tmp_path: Path, name: str, text: str = "x", needs=(), args=(), **options) -> Step:

@@ -1,8 +1,7 @@
 """plots/landscape.py, plots/fit1d.py and plots/curves.py end to end on tiny inputs.
 
-Each script runs as a user runs it (`python plots/X.py ...`) from another folder and without PYTHONPATH,
-so the scripts' own import set-up is what is tested; the data file beside each figure is checked
-against what it claims.
+Each script runs as a module (`python -m plots.X ...`) from another folder with the checkout on
+PYTHONPATH; the data file beside each figure is checked against what it claims.
 """
 
 import json
@@ -23,9 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name: str, *args: str, cwd, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    process = subprocess.run([sys.executable, os.path.join(REPO, "plots", name), *map(str, args)], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    command = [sys.executable, "-m", f"plots.{name.removesuffix('.py')}", *map(str, args)]
+    process = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if expect_ok:
         assert process.returncode == 0, process.stderr
     return process

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kwta.replication import ModelResults, anomalies, comparison_table, load_report, report_table
+from experiments.replication import ModelResults, anomalies, comparison_table, load_report, report_table
 
 ROOT = Path(__file__).resolve().parent.parent
 # The source documents live beside the repository (shared/seeds/) on the project's machines and in CI.

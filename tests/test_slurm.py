@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import submitit
 
-from kwta.pipeline import Step, is_finished, read_record, settings_keys, write_record
-from kwta.slurm import StepJob, submit_steps
+from experiments.pipeline import Step, is_finished, read_record, settings_keys, write_record
+from experiments.slurm import StepJob, submit_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SBATCH = """#!/bin/sh

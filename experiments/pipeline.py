@@ -51,8 +51,9 @@ class Step:
 
 
 def python_command(script: str, *args) -> list[str]:
-    """A command line that runs one of the project's scripts with this interpreter."""
-    return [sys.executable, script, *map(str, args)]
+    """A command line that runs one of the project's scripts with this interpreter, from the checkout's root:
+    a top-level file ("train.py") as itself, a module of a package ("plots.landscape") with -m."""
+    return [sys.executable, *([script] if script.endswith(".py") else ["-m", script]), *map(str, args)]
 
 
 def gpu_slots(ids: list[str]) -> list[dict[str, str]]:

@@ -3,7 +3,7 @@
 Each unfinished step becomes one sbatch job (`--gpus-per-node` as the step asks, its time limit, the
 partition and any extra sbatch options given) that depends (`afterok`) on the jobs of the unfinished steps
 it needs; a job whose dependency failed is cancelled by SLURM (`kill-on-invalid-dep`). The job runs
-`kwta.pipeline.execute_step`: it takes the step's lock, continues an interrupted attempt (same settings
+`experiments.pipeline.execute_step`: it takes the step's lock, continues an interrupted attempt (same settings
 key, checkpoint present), runs the command and records the result, exactly as a local run does. A job
 that reaches its time limit is requeued by submitit (checkpointing), and resumes.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from kwta.pipeline import (
+from experiments.pipeline import (
     LOCK_FILE,
     Step,
     attempted,

@@ -1,0 +1,1 @@
+"""The demo, the replication grid and the GPU check: python -m scripts.demo, scripts.paper, scripts.gpu_check."""
