@@ -69,6 +69,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.cli import positive_float, positive_int
+from experiments.tables import format_csv, format_table, merge_rows, parse_table, table_row
 from kwta import distributed
 from kwta.attacks import (
     ATTACKS,
@@ -77,20 +78,11 @@ from kwta.attacks import (
     AttackSanityError,
     AttackSettings,
     attack_batch,
-    es_calibration,
-    format_csv,
-    format_table,
-    masking_warnings,
-    merge_rows,
-    parse_table,
-    plus_minus,
     predict,
-    table_row,
-    vanishing_gradients,
-    wilson_interval,
 )
 from kwta.checkpoint import atomic_write, load_model
 from kwta.data import DEFAULT_EPS, get_datasets
+from kwta.evaluation import es_calibration, masking_warnings, plus_minus, vanishing_gradients, wilson_interval
 
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32
 EPS_CURVE_FACTORS = (0.5, 2, 4, 8)

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kwta.attacks import ATTACK_COLUMNS, PLUS_MINUS, plus_minus
+from experiments.tables import PLUS_MINUS
+from kwta.attacks import ATTACK_COLUMNS
+from kwta.evaluation import plus_minus
 
 REPORT_PATH = Path(__file__).with_name("replication_report.json")
 NOT_RUN = "-"

@@ -23,12 +23,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from experiments.cli import positive_float, positive_int
+from experiments.pipeline import Step, python_command, run_steps, step_seconds
+from experiments.tables import format_table, table_row
+from kwta.checkpoint import atomic_write
 
-from experiments.cli import positive_float, positive_int  # noqa: E402
-from experiments.pipeline import Step, python_command, run_steps, step_seconds  # noqa: E402
-from kwta.attacks import format_table, table_row  # noqa: E402
-from kwta.checkpoint import atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = [("relu", "relu", None), ("kwta-0.2", "kwta", 0.2), ("kwta-0.1", "kwta", 0.1)]
 

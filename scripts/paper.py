@@ -51,10 +51,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from experiments.cli import positive_int  # noqa: E402
-from experiments.pipeline import (  # noqa: E402
+from experiments.cli import positive_int
+from experiments.pipeline import (
     Busy,
     Step,
     cpu_slots,
@@ -64,8 +62,10 @@ from experiments.pipeline import (  # noqa: E402
     run_steps,
     upstream,
 )
-from experiments.replication import ModelResults, anomalies, comparison_table, load_report, report_table  # noqa: E402
-from kwta.checkpoint import atomic_write  # noqa: E402
+from experiments.replication import ModelResults, anomalies, comparison_table, load_report, report_table
+from kwta.checkpoint import atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TORCHVISION_ARCHS = ("alexnet", "resnet18")
 ARCH_TITLES = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet18-cifar": "the paper's resnet18-cifar"}

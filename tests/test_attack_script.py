@@ -10,7 +10,8 @@ import torch
 
 import attack
 import train
-from kwta.attacks import TABLE_COLUMNS, TABLE_SUITE, parse_table
+from experiments.tables import TABLE_COLUMNS, parse_table
+from kwta.attacks import TABLE_SUITE
 from kwta.checkpoint import load_model
 from kwta.data import get_datasets
 

@@ -14,26 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwta import attacks
+from experiments.tables import format_csv, format_table, merge_rows, parse_table, table_row
+from kwta import attacks, evaluation
 from kwta.attacks import (
     AttackSanityError,
     AttackSettings,
     attack_batch,
     autoattack_adversary,
     check_adversarials,
-    es_calibration,
-    format_csv,
-    format_table,
     margin_loss,
-    masking_warnings,
-    merge_rows,
-    parse_table,
-    plus_minus,
     predict,
     project_linf,
-    table_row,
-    wilson_interval,
 )
+from kwta.evaluation import es_calibration, masking_warnings, plus_minus, wilson_interval
 from kwta.modules import KWTA
 
 CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_steps=20, es_samples=40, eot_samples=4, eot_sigma=0.01,
@@ -293,7 +286,7 @@ def test_es_calibration_verdict():
 
 
 def test_wilson_interval_known_cases():
-    z2 = attacks.INTERVAL_Z**2
+    z2 = evaluation.INTERVAL_Z**2
     assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # closed forms at the ends
     assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
     # Newcombe (1998), "Two-sided confidence intervals for the single proportion", 81 of 263: 0.2553 to 0.3662
@@ -302,7 +295,7 @@ def test_wilson_interval_known_cases():
     # the bounds are where the score test just accepts: |p_hat - p| = z sqrt(p (1 - p) / n)
     for successes, trials in [(3, 32), (17, 256), (128, 256)]:
         for bound in wilson_interval(successes, trials):
-            gap = abs(successes / trials - bound) - attacks.INTERVAL_Z * math.sqrt(bound * (1 - bound) / trials)
+            gap = abs(successes / trials - bound) - evaluation.INTERVAL_Z * math.sqrt(bound * (1 - bound) / trials)
             assert abs(gap) < 1e-12
     low, high = wilson_interval(5, 20)
     assert (low, high) == pytest.approx((1 - wilson_interval(15, 20)[1], 1 - wilson_interval(15, 20)[0]))
