@@ -1,4 +1,5 @@
-"""argparse value types shared by the scripts: each rejects a bad value with a one-line message."""
+"""argparse pieces shared by the scripts: value types that reject a bad value with a one-line message, and the
+--help formatter."""
 
 import argparse
 
@@ -23,3 +24,7 @@ def unit_interval(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout (examples stay on their own lines) and shows every default."""
