@@ -25,34 +25,31 @@ Tramer, Carlini, Brendel, Madry (2020, "On Adaptive Attacks to Adversarial Examp
 k-WTA with a gradient estimated by finite differences over Gaussian probes of scale eps (`es`); `eot`
 averages autograd gradients over noise instead; `bpda` keeps the exact forward and smooths only the
 backward; `square` never looks at a gradient. All the home-made ones share one sign-gradient loop
-(`_sign_gradient_ascent`) and differ only in how they get the gradient.
+(`sign_gradient_ascent`) and differ only in how they get the gradient.
 """
 
 import contextlib
+import importlib
 import math
 import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pyautoattack import AutoAttack
 from torch import nn
 
 from kwta.modules import surrogate_gradient
 
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython, which warns without git
-import foolbox  # noqa: E402
+if TYPE_CHECKING:
+    from pyautoattack import AutoAttack
 
-ATTACKS = ("pgd", "deepfool", "autoattack", "apgd-ce", "apgd-t", "fab", "square", "bpda", "eot", "es", "transfer")
-TABLE_SUITE = ("pgd", "deepfool", "autoattack", "square", "bpda", "eot", "es", "transfer")
 # AutoAttack's names for the parts that run alone; "fab" is the targeted FAB the standard version runs.
 AUTOATTACK_PARTS = {"apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "fab": "fab-t", "square": "square"}
-# Attacks that follow the model's own (exact) gradient: Square beating all of them is a masking flag.
-WHITE_BOX = ("pgd", "deepfool", "apgd-ce", "apgd-t", "fab")
 LOSSES = ("ce", "margin")
 # Measured on the demo's k-WTA 0.2 model (64 images, eps 0.1): 0.3 and 1 break the most, 0.03 far less than PGD.
 BPDA_TEMPERATURES = (0.3, 1.0, 3.0)
@@ -140,8 +137,20 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+def random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform draw from the eps-ball around x, clipped to valid images (torch's global RNG without a generator)."""
     return project_linf(x + torch.empty_like(x).uniform_(-eps, eps, generator=generator), x, eps)
+
+
+def optional_import(module: str, attack: str):
+    """The maintained package an attack is run from; those are optional (pip install 'kwta[attacks]')."""
+    if module == "foolbox":
+        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython, which warns without git
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"the {attack} attack runs from the {module} package, which is not installed: "
+                          f"pip install 'kwta[attacks]'") from error
 
 
 @contextlib.contextmanager
@@ -153,7 +162,7 @@ def _seeded_global_rng(seed: int, device: torch.device):
         yield
 
 
-def _sign_gradient_ascent(
+def sign_gradient_ascent(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -165,13 +174,14 @@ def _sign_gradient_ascent(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = margin_loss,
     estimate_gradient: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
     stop_at_adversarial: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signed steps up `loss`, projected onto the eps-ball each time; returns (x_adv, still classified correctly).
+) -> torch.Tensor:
+    """Signed steps up `loss`, projected onto the eps-ball each time; returns the last iterate of each image.
 
     The gradient is autograd's (whose forward pass also tells which iterates are adversarial already), or
     `estimate_gradient(images, labels, step_index)`'s. An image stops at its first adversarial iterate, the
     best one for accuracy: a later step could only lose it, and the gradient work goes to the images
-    still standing. `stop_at_adversarial=False` runs every step (transfer: the source's last iterate).
+    still standing. `stop_at_adversarial=False` runs every step (transfer: the source's last iterate; the
+    training-time attacks of kwta.adversarial, whose losses need not be about labels at all).
     """
     x_adv = project_linf(start, x, eps)
     active = torch.ones(len(y), dtype=torch.bool, device=y.device)
@@ -197,7 +207,7 @@ def _sign_gradient_ascent(
             gradient[moving] = estimate_gradient(images[moving], labels[moving], step_index)
         stepped = x_adv[index[moving]] + step_size * gradient[moving].sign()
         x_adv[index[moving]] = project_linf(stepped, x[index[moving]], eps)
-    return x_adv.detach(), predict(model, x_adv) == y
+    return x_adv.detach()
 
 
 Run = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -248,8 +258,9 @@ def pgd(
     generator = _generator(seed, x.device)
 
     def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
-                                     start=_random_start(xs, eps, generator), loss=loss_function)
+        x_adv = sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
+                                     start=random_start(xs, eps, generator), loss=loss_function)
+        return x_adv, predict(model, x_adv) == ys
 
     return _first_success_of_runs(x, y, [run] * restarts)
 
@@ -260,6 +271,7 @@ def deepfool(
     """foolbox LinfDeepFoolAttack (a minimisation attack), its result clipped to the eps-ball by foolbox."""
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
+    foolbox = optional_import("foolbox", "deepfool")
     attack = foolbox.attacks.LinfDeepFoolAttack(steps=steps, candidates=min(candidates, num_classes))
     fmodel = foolbox.PyTorchModel(model, bounds=(0, 1), device=x.device)
     _, x_adv, _ = attack(fmodel, x, y, epsilons=eps)
@@ -269,13 +281,14 @@ def deepfool(
 def autoattack_adversary(
     model: nn.Module, eps: float, num_classes: int, *, iterations: int = 100, square_queries: int = 5000,
     seed: int = 0, device: torch.device | str = "cpu",
-) -> AutoAttack:
+) -> "AutoAttack":
     """pyautoattack's AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), L-inf.
 
     The defaults are the standard budgets (100 iterations, 5000 Square queries); smaller ones are for
     tests and CPU demos. With fewer than 10 classes the targeted attacks get num_classes - 1 targets
     (the standard 9 would index classes that do not exist).
     """
+    AutoAttack = optional_import("pyautoattack", "autoattack").AutoAttack
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=device)
     adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = iterations
     adversary.square.n_queries = square_queries
@@ -337,8 +350,9 @@ def bpda(
     def run_at(temperature: float) -> Run:
         def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with surrogate_gradient(model, temperature):
-                return _sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
-                                             start=_random_start(xs, eps, generator))
+                x_adv = sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
+                                             start=random_start(xs, eps, generator))
+            return x_adv, predict(model, x_adv) == ys
         return run
 
     return _first_success_of_runs(x, y, [run_at(t) for t in temperatures])
@@ -386,9 +400,8 @@ def es(
             gradient += ((losses[0] - losses[1]).view(drawn, len(images), *trailing) * directions).sum(dim=0)
         return gradient / (2 * eps * pairs)
 
-    x_adv, _ = _sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size, start=x,
-                                     estimate_gradient=finite_difference_gradient)
-    return x_adv
+    return sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size, start=x,
+                                estimate_gradient=finite_difference_gradient)
 
 
 def eot(
@@ -419,9 +432,8 @@ def eot(
             (gradient,) = torch.autograd.grad(loss, noisy)
         return gradient.view(samples, *images.shape).mean(dim=0)
 
-    x_adv, _ = _sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size,
-                                     start=_random_start(x, eps, generator), estimate_gradient=smoothed_gradient)
-    return x_adv
+    return sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size,
+                                start=random_start(x, eps, generator), estimate_gradient=smoothed_gradient)
 
 
 def transfer(
@@ -444,12 +456,129 @@ def transfer(
     generator = _generator(seed, x.device)
 
     def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        crafted, _ = _sign_gradient_ascent(source_model, xs, ys, eps, steps=steps, step_size=step_size,
-                                           start=_random_start(xs, eps, generator), loss=loss_function,
+        crafted = sign_gradient_ascent(source_model, xs, ys, eps, steps=steps, step_size=step_size,
+                                           start=random_start(xs, eps, generator), loss=loss_function,
                                            stop_at_adversarial=False)
         return crafted, predict(target_model, crafted) == ys
 
     return _first_success_of_runs(x, y, [run] * restarts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: one entry per attack. A new attack is a function above and one registration here.
+
+
+@dataclass
+class AttackContext:
+    """What every registered runner is given besides the images: the model, the budget, the settings."""
+
+    model: nn.Module
+    eps: float
+    settings: AttackSettings
+    source_model: nn.Module | None = None
+
+
+Runner = Callable[[AttackContext, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack. runner(context, x, y, seed) returns adversarial images of x (untargeted)."""
+
+    name: str
+    column: str  # its column in results tables
+    runner: Runner
+    white_box: bool = False  # follows the model's own gradient: Square beating every such attack flags masking
+    in_suite: bool = False  # run by attacks="all", the suite a reported table has to survive
+    needs_source: bool = False  # crafts on a source model (the ReLU twin)
+    settings: tuple[str, ...] = ()  # the AttackSettings fields it reads
+
+    def __post_init__(self):
+        unknown = set(self.settings) - set(AttackSettings.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"attack {self.name!r} names unknown settings {sorted(unknown)}")
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def register(name: str, column: str, *, white_box: bool = False, in_suite: bool = False, needs_source: bool = False,
+             settings: Sequence[str] = ()) -> Callable[[Runner], Runner]:
+    """Decorator: enter `runner` into ATTACKS under `name` (registration order is the table's column order)."""
+    def enter(runner: Runner) -> Runner:
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} is registered already")
+        ATTACKS[name] = Attack(name, column, runner, white_box, in_suite, needs_source, tuple(settings))
+        return runner
+    return enter
+
+
+_PGD_SETTINGS = ("pgd_steps", "pgd_step", "pgd_rel_stepsize", "pgd_restarts", "pgd_loss")
+
+
+def _pgd_options(context: AttackContext) -> dict:
+    settings = context.settings
+    return dict(steps=settings.pgd_steps, step_size=settings.pgd_step_size(context.eps),
+                restarts=settings.pgd_restarts, loss=settings.pgd_loss)
+
+
+@register("pgd", "PGD", white_box=True, in_suite=True, settings=_PGD_SETTINGS)
+def _run_pgd(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    return pgd(context.model, x, y, context.eps, **_pgd_options(context), seed=seed)
+
+
+@register("deepfool", "DeepFool", white_box=True, in_suite=True, settings=("deepfool_steps", "deepfool_candidates"))
+def _run_deepfool(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    return deepfool(context.model, x, y, context.eps, steps=context.settings.deepfool_steps,
+                    candidates=context.settings.deepfool_candidates)
+
+
+def _register_autoattack(name: str, column: str, *, part: str | None, white_box: bool, in_suite: bool) -> None:
+    def run(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        return autoattack(context.model, x, y, context.eps, part=part, seed=seed,
+                          iterations=context.settings.autoattack_iterations,
+                          square_queries=context.settings.square_queries)
+    register(name, column, white_box=white_box, in_suite=in_suite,
+             settings=("autoattack_iterations", "square_queries"))(run)
+
+
+_register_autoattack("autoattack", "AutoAttack", part=None, white_box=False, in_suite=True)
+_register_autoattack("apgd-ce", "APGD-CE", part="apgd-ce", white_box=True, in_suite=False)
+_register_autoattack("apgd-t", "APGD-T", part="apgd-t", white_box=True, in_suite=False)
+_register_autoattack("fab", "FAB-T", part="fab", white_box=True, in_suite=False)
+_register_autoattack("square", "Square", part="square", white_box=False, in_suite=True)
+
+
+@register("bpda", "BPDA", in_suite=True, settings=("bpda_temperatures", "pgd_steps", "pgd_step", "pgd_rel_stepsize"))
+def _run_bpda(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    settings = context.settings
+    return bpda(context.model, x, y, context.eps, temperatures=settings.bpda_temperatures, steps=settings.pgd_steps,
+                step_size=settings.pgd_step_size(context.eps), seed=seed)
+
+
+@register("eot", "EOT", in_suite=True, settings=("eot_samples", "eot_sigma", "pgd_steps", "pgd_step",
+                                                 "pgd_rel_stepsize"))
+def _run_eot(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    settings = context.settings
+    return eot(context.model, x, y, context.eps, steps=settings.pgd_steps, samples=settings.eot_samples,
+               sigma=settings.eot_sigma, step_size=settings.pgd_step_size(context.eps), seed=seed)
+
+
+@register("es", "ES", in_suite=True, settings=("es_steps", "es_samples", "es_probe_batch"))
+def _run_es(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    settings = context.settings
+    return es(context.model, x, y, context.eps, steps=settings.es_steps, samples=settings.es_samples,
+              probe_batch=settings.es_probe_batch, seed=seed)
+
+
+@register("transfer", "Transfer", in_suite=True, needs_source=True, settings=_PGD_SETTINGS)
+def _run_transfer(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    return transfer(context.source_model, context.model, x, y, context.eps, **_pgd_options(context), seed=seed)
+
+
+TABLE_SUITE = tuple(name for name, attack in ATTACKS.items() if attack.in_suite)
+WHITE_BOX = tuple(name for name, attack in ATTACKS.items() if attack.white_box)
+ATTACK_COLUMNS = {name: attack.column for name, attack in ATTACKS.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -492,37 +621,11 @@ def attack_batch(
     settings = settings or AttackSettings()
     unknown = [name for name in attacks if name not in ATTACKS]
     if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}; choose from {ATTACKS}")
-    if "transfer" in attacks and source_model is None:
-        raise ValueError("the transfer attack needs a source_model")
-    step_size = settings.pgd_step_size(eps)
-    pgd_options = dict(steps=settings.pgd_steps, step_size=step_size, restarts=settings.pgd_restarts,
-                       loss=settings.pgd_loss)
-    autoattack_options = dict(iterations=settings.autoattack_iterations, square_queries=settings.square_queries)
-    runners = {
-        "pgd": lambda xs, ys, s: pgd(model, xs, ys, eps, **pgd_options, seed=s),
-        "deepfool": lambda xs, ys, s: deepfool(
-            model, xs, ys, eps, steps=settings.deepfool_steps, candidates=settings.deepfool_candidates
-        ),
-        "autoattack": lambda xs, ys, s: autoattack(model, xs, ys, eps, **autoattack_options, seed=s),
-        **{
-            part: (lambda xs, ys, s, part=part: autoattack(model, xs, ys, eps, part=part, **autoattack_options, seed=s))
-            for part in AUTOATTACK_PARTS
-        },
-        "bpda": lambda xs, ys, s: bpda(
-            model, xs, ys, eps, temperatures=settings.bpda_temperatures, steps=settings.pgd_steps,
-            step_size=step_size, seed=s,
-        ),
-        "es": lambda xs, ys, s: es(
-            model, xs, ys, eps, steps=settings.es_steps, samples=settings.es_samples,
-            probe_batch=settings.es_probe_batch, seed=s,
-        ),
-        "eot": lambda xs, ys, s: eot(
-            model, xs, ys, eps, steps=settings.pgd_steps, samples=settings.eot_samples, sigma=settings.eot_sigma,
-            step_size=step_size, seed=s,
-        ),
-        "transfer": lambda xs, ys, s: transfer(source_model, model, xs, ys, eps, **pgd_options, seed=s),
-    }
+        raise ValueError(f"unknown attack(s) {unknown}; choose from {tuple(ATTACKS)}")
+    needing_source = [name for name in attacks if ATTACKS[name].needs_source]
+    if needing_source and source_model is None:
+        raise ValueError(f"the {', '.join(needing_source)} attack needs a source_model")
+    context = AttackContext(model, eps, settings, source_model)
     correct = predict(model, x) == y
     robust = {"clean": correct}
     seconds = {}
@@ -531,17 +634,18 @@ def attack_batch(
         started = time.perf_counter()
         survived = torch.zeros_like(correct)
         if len(y_correct):
-            x_adv = runners[name](x_correct, y_correct, attack_seed(seed, name))
+            x_adv = ATTACKS[name].runner(context, x_correct, y_correct, attack_seed(seed, name))
             check_adversarials(x_adv, x_correct, eps, name)
             survived[correct] = predict(model, x_adv) == y_correct
         robust[name] = survived
         seconds[name] = time.perf_counter() - started
-    robust["worst_case"] = torch.stack([robust[name] for name in ("clean", *attacks)]).all(dim=0)
+    robust["worst_case"] = worst_case(robust)
     return robust, seconds
 
 
+def worst_case(robust: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per image: robust only if classified correctly and it survived every attack in `robust` (a per-image AND)."""
+    return torch.stack([mask for name, mask in robust.items() if name != "worst_case"]).all(dim=0)
 
 
-ATTACK_COLUMNS = {"pgd": "PGD", "deepfool": "DeepFool", "autoattack": "AutoAttack", "apgd-ce": "APGD-CE",
-                  "apgd-t": "APGD-T", "fab": "FAB-T", "square": "Square", "bpda": "BPDA", "eot": "EOT", "es": "ES",
-                  "transfer": "Transfer"}
+

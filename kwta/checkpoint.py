@@ -94,6 +94,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state dict saved with torch.save into `model` (also one held under "model" or "state_dict", as
+    this project's checkpoints and many training scripts save it); weights_only=True runs no code from the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights: no file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler refusing code, or bytes that are no torch file at all
+        raise ValueError(f"weights: {path} is not a torch state dict ({type(error).__name__}: {error})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"weights: {path} holds no state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"weights: {path} does not fit the model ({str(error).splitlines()[0]})") from None
+    return model
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode on `device`, checkpoint): the network rebuilt from checkpoint["spec"] with its weights."""
     checkpoint = load_checkpoint(path)

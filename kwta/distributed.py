@@ -56,6 +56,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return totals.tolist()
 
 
+def all_gather(value: object) -> list[object]:
+    """Every process's `value`, in rank order (a list of one outside torchrun)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm running statistics).
 

@@ -1,16 +1,50 @@
-"""The evaluation protocol over the attack registry: robust accuracy per attack and in the worst case, each
-with its 95% interval, es's calibration, PGD's eps curve and the gradient-masking warnings.
+"""`kwta.evaluate`: one call that evaluates any model under the attack suite, AutoAttack's protocol.
+
+Clean accuracy first, then each attack over every image, then the sanity line, then the table: robust
+accuracy per attack and in the worst case (an image counts only if it survived every attack), each with
+its 95% Wilson interval; es's calibration on a ReLU network; PGD's eps curve; the gradient-masking
+warnings; and per image, which attacks it survived. The protocol is described in docs/attacks.md.
+
+    model = torchvision.models.resnet18(num_classes=10); kwta.replace_relu(model, 0.2)
+    result = kwta.evaluate(model, images, labels, eps=8 / 255)       # images in [0, 1]
+    print(result.to_markdown()); result.save_json("eval.json")
+
+Every random draw is seeded by (seed, batch index, attack), so the same images in the same batches give
+the same figures whichever process runs them: under torchrun each process attacks every
+world_size-th batch and the per-image results are gathered.
 """
 
+import contextlib
 import itertools
+import json
 import math
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from kwta.attacks import WHITE_BOX
+from kwta import distributed
+from kwta.attacks import (
+    ATTACKS,
+    TABLE_SUITE,
+    WHITE_BOX,
+    AttackSettings,
+    attack_batch,
+    predict,
+    worst_case,
+)
+from kwta.checkpoint import atomic_write
+from kwta.modules import KWTA
+
+# PGD alone at these multiples of the largest eps: its success must grow with eps and reach about 100%.
+EPS_CURVE_FACTORS = (0.5, 2, 4, 8)
+DEFAULT_BATCH_SIZE = 32
 
 # Gradient-masking diagnostics: an attack beating white-box PGD (or Square beating every white-box attack)
 # by more than this many accuracy points, PGD leaving more than LARGE_EPS_ACCURACY at the largest eps of
@@ -125,3 +159,383 @@ def es_calibration(es_accuracy: float, pgd_accuracy: float, eps: float) -> tuple
     return gap <= ES_CALIBRATION_MARGIN, (
         f"eps {eps:g}: es calibration on the ReLU twin: es leaves {es_accuracy:.1%}, PGD {pgd_accuracy:.1%}, {verdict}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` found. Per-image masks are CPU bool tensors over the evaluated images, in order.
+
+    robust: {eps: {attack: mask, ..., "worst_case": mask}}; eps_curve: {eps: PGD's mask}; es_calibration:
+    {eps: the calibration record}. accuracy / interval / count read any of them.
+    """
+
+    n_images: int
+    eps: list[float]
+    attacks: list[str]
+    settings: AttackSettings
+    seed: int
+    clean: torch.Tensor
+    robust: dict[float, dict[str, torch.Tensor]]
+    seconds: dict[float, dict[str, float]]
+    eps_curve: dict[float, torch.Tensor] = field(default_factory=dict)
+    curve_seconds: dict[float, float] = field(default_factory=dict)
+    es_calibration: dict[float, dict] = field(default_factory=dict)
+    vanishing_gradient_share: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    def _mask(self, name: str, eps: float | None) -> torch.Tensor:
+        if name == "clean":
+            return self.clean
+        eps = self.eps[-1] if eps is None else eps
+        if eps in self.robust and name in self.robust[eps]:
+            return self.robust[eps][name]
+        if name == "pgd" and eps in self.eps_curve:
+            return self.eps_curve[eps]
+        raise KeyError(f"no figure for {name!r} at eps {eps:g}")
+
+    def count(self, name: str = "worst_case", eps: float | None = None) -> int:
+        """Images robust to `name` ("clean", an attack, "worst_case") at `eps` (default: the largest evaluated)."""
+        return int(self._mask(name, eps).sum())
+
+    def accuracy(self, name: str = "worst_case", eps: float | None = None) -> float:
+        return self.count(name, eps) / self.n_images
+
+    def interval(self, name: str = "worst_case", eps: float | None = None) -> tuple[float, float]:
+        return wilson_interval(self.count(name, eps), self.n_images)
+
+    def figure(self, name: str = "worst_case", eps: float | None = None) -> str:
+        """'12.50% +- 4.07 (95% CI 5.0%-24.7%)'."""
+        return describe(self.accuracy(name, eps), self.interval(name, eps))
+
+    def to_dict(self, per_image: bool = True) -> dict:
+        """The JSON form (attack.py's --out): figures, intervals, counts, seconds, calibration, curve, warnings."""
+        results = []
+        for eps in self.eps:
+            names = list(self.robust[eps])
+            result = {"eps": eps, "accuracy": {name: self.accuracy(name, eps) for name in names},
+                      "interval": {name: self.interval(name, eps) for name in names},
+                      "count": {name: self.count(name, eps) for name in names}, "seconds": self.seconds[eps]}
+            if eps in self.es_calibration:
+                result["es_calibration"] = self.es_calibration[eps]
+            results.append(result)
+        curve = [{"eps": eps, "pgd": int(mask.sum()) / self.n_images,
+                  "interval": wilson_interval(int(mask.sum()), self.n_images), "seconds": self.curve_seconds[eps]}
+                 for eps, mask in sorted(self.eps_curve.items())]
+        summary = {
+            "attacks": self.attacks, "settings": asdict(self.settings), "seed": self.seed, "eps": self.eps,
+            "n_images": self.n_images, "interval_method": "Wilson score, 95%",
+            "clean_accuracy": self.accuracy("clean"), "clean_interval": self.interval("clean"),
+            "results": results, "eps_curve": curve, "vanishing_gradient_share": self.vanishing_gradient_share,
+            "warnings": self.warnings, "notes": self.notes, "seconds": self.total_seconds,
+        }
+        if per_image:
+            summary["per_image"] = {
+                "clean": self.clean.int().tolist(),
+                "robust": {f"{eps:g}": {name: mask.int().tolist() for name, mask in masks.items()}
+                           for eps, masks in self.robust.items()},
+                "eps_curve": {f"{eps:g}": mask.int().tolist() for eps, mask in self.eps_curve.items()},
+            }
+        return summary
+
+    def save_json(self, path: str | os.PathLike, **extra) -> None:
+        """Write to_dict() (plus `extra` keys first, e.g. the checkpoint's spec) to `path`, atomically."""
+        atomic_write(path, json.dumps({**extra, **self.to_dict()}, indent=2) + "\n")
+
+    def pgd_curve(self) -> dict[float, float]:
+        """PGD's robust accuracy at every eps it ran: the evaluated budgets and the eps curve's."""
+        budgets = [eps for eps in self.eps if "pgd" in self.robust[eps]] + list(self.eps_curve)
+        return {eps: self.accuracy("pgd", eps) for eps in sorted(budgets)}
+
+    def pgd_curve_text(self) -> str:
+        return ", ".join(f"eps {eps:g} {share:.1%}" for eps, share in self.pgd_curve().items())
+
+    def to_markdown(self, title: str = "Robust accuracy") -> str:
+        """A table per eps (clean first, then each attack, then the worst case), the calibration, the eps curve
+        and the warnings."""
+        lines = [f"## {title}", "", f"{self.n_images} images, L-inf, seed {self.seed}; "
+                 "+- covers the 95% Wilson interval.", ""]
+        for eps in self.eps:
+            lines += [f"| eps {eps:g} | robust accuracy | 95% interval | images | seconds |", "|---|---|---|---|---|"]
+            for name in ["clean", *self.robust[eps]]:
+                label = {"clean": "clean", "worst_case": "**worst case**"}.get(name) or ATTACKS[name].column
+                low, high = self.interval(name, eps)
+                seconds = self.seconds[eps].get(name)
+                lines.append(f"| {label} | {self.accuracy(name, eps):.2%} +- "
+                             f"{100 * plus_minus(self.accuracy(name, eps), (low, high)):.2f} | {low:.1%}-{high:.1%} | "
+                             f"{self.count(name, eps)} / {self.n_images} | "
+                             f"{'-' if seconds is None else f'{seconds:.1f}'} |")
+            if eps in self.es_calibration:
+                lines += ["", self.es_calibration[eps]["line"]]
+            lines.append("")
+        if self.eps_curve:
+            lines += [f"PGD's eps curve: {self.pgd_curve_text()}", ""]
+        lines += [f"- note: {note}" for note in self.notes]
+        lines += [f"- **warning**: {warning}" for warning in self.warnings] or ["No gradient-masking warning."]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def describe(share: float, interval: tuple[float, float]) -> str:
+    return f"{share:.2%} +- {100 * plus_minus(share, interval):.2f} (95% CI {interval[0]:.1%}-{interval[1]:.1%})"
+
+
+def _describe_mask(mask: torch.Tensor) -> str:
+    count = int(mask.sum())
+    return describe(count / len(mask), wilson_interval(count, len(mask)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The call
+
+
+def evaluate(
+    model: nn.Module,
+    images_or_loader: torch.Tensor | Dataset | Iterable,
+    labels: torch.Tensor | None = None,
+    *,
+    eps: float | Sequence[float],
+    attacks: str | Sequence[str] = "all",
+    source_model: nn.Module | None = None,
+    settings: AttackSettings | None = None,
+    eps_curve: str | Sequence[float] = "auto",
+    calibration_model: nn.Module | str | None = "auto",
+    calibration_counts: dict[float, dict[str, int]] | None = None,
+    n_images: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    verbose: bool = False,
+) -> Evaluation:
+    """Evaluate `model` (any nn.Module mapping images in [0, 1] to logits) under L-inf attacks.
+
+    images_or_loader: an image tensor (then `labels` too), a dataset of (image, label) pairs, or an iterable
+        of (images, labels) batches such as a DataLoader; the first `n_images` are used (default: all).
+    eps: one budget or several; every attack runs at each. attacks: "all" (the suite, kwta.attacks.TABLE_SUITE;
+        transfer only with a source_model) or names from kwta.attacks.ATTACKS.
+    source_model: the ReLU twin (same data, trained the same way with ReLU): transfer crafts on it.
+    eps_curve: "auto" (PGD alone at 0.5, 2, 4, 8 x the largest eps), "none", or budgets.
+    calibration_model: the ReLU network es is calibrated on ("auto": the source model if it has no k-WTA
+        layer, else the model itself if it has none, else none and a note says es is uncalibrated);
+        calibration_counts: {eps: {"pgd": robust images, "es": robust images}} already measured there.
+    batch_size, seed: the batches and the seed fix every random draw (per batch and attack).
+    The model is put in eval mode with its parameters frozen while it runs, and restored after.
+    """
+    started = time.perf_counter()
+    settings = settings or AttackSettings()
+    eps_list = _budgets(eps, "eps")
+    names, notes = _attack_names(attacks, source_model)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    if eps_curve == "auto":
+        curve_eps = sorted({min(1.0, round(f * eps_list[-1], 6)) for f in EPS_CURVE_FACTORS} - set(eps_list))
+    else:
+        curve_eps = [] if eps_curve == "none" else [e for e in _budgets(eps_curve, "eps_curve") if e not in eps_list]
+    if "es" in names:
+        if calibration_model == "auto":
+            calibration_model = next((m for m in (source_model, model) if m is not None and not has_kwta(m)), None)
+        if calibration_model is None and calibration_counts is None:
+            notes.append("es is uncalibrated: no ReLU network (source_model, the ReLU twin) to calibrate it on")
+    else:
+        calibration_model = calibration_counts = None
+    batches = _my_batches(images_or_loader, labels, n_images, batch_size, device)
+    total = int(sum(distributed.all_reduce_sum([sum(len(y) for _, _, y in batches)], device)))
+    if total == 0:
+        raise ValueError("images_or_loader: no images to evaluate")
+    say = print if verbose and distributed.is_main() else (lambda *_: None)
+
+    with _frozen(model), _frozen(source_model), _frozen(calibration_model):
+        clean, vanishing = _clean_pass(model, batches)
+        clean_mask = _gathered(clean)
+        vanishing_count = int(sum(distributed.all_reduce_sum([int(vanishing)], device)))
+        correct = int(clean_mask.sum())
+        say(f"clean accuracy: {_describe_mask(clean_mask)} ({total} images)")
+        for note in notes:
+            say(f"note: {note}")
+        robust, seconds, calibration = {}, {}, {}
+        for e in eps_list:
+            robust[e], seconds[e] = {}, {}
+            for name in names:
+                masks, seconds[e][name] = _run(model, batches, e, name, settings, seed, source_model, device)
+                robust[e][name] = masks
+                say(f"eps {e:g}: robust accuracy after {name}: {_describe_mask(masks)}, {seconds[e][name]:.1f} s")
+            robust[e]["worst_case"] = worst_case({"clean": clean_mask, **robust[e]})
+            say(f"eps {e:g}: worst case over {','.join(names)}: {_describe_mask(robust[e]['worst_case'])}")
+            if "es" in names and (calibration_model is not None or calibration_counts is not None):
+                if calibration_counts is not None:
+                    on_twin = calibration_counts[e]
+                elif calibration_model is model and "pgd" in names:
+                    on_twin = {name: int(robust[e][name].sum()) for name in ("pgd", "es")}
+                else:
+                    on_twin = {name: int(_run(calibration_model, batches, e, name, settings, seed, None,
+                                              device)[0].sum()) for name in ("pgd", "es")}
+                counts_as_attack, line = es_calibration(on_twin["es"] / total, on_twin["pgd"] / total, e)
+                calibration[e] = {"from": "given counts" if calibration_counts is not None else "this run",
+                                  "counts_as_attack": counts_as_attack, "line": line,
+                                  **{name: {"accuracy": c / total, "interval": wilson_interval(c, total)}
+                                     for name, c in on_twin.items()}}
+                say(line)
+        curve, curve_seconds = {}, {}
+        for e in curve_eps:
+            curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device)
+
+    accuracy_by_eps = {e: {name: int(mask.sum()) / total for name, mask in robust[e].items()} for e in eps_list}
+    warnings = [record["line"] for record in calibration.values() if not record["counts_as_attack"]]
+    warnings += masking_warnings(accuracy_by_eps, vanishing_count / correct if correct else 0.0,
+                                 {e: int(mask.sum()) / total for e, mask in curve.items()})
+    result = Evaluation(
+        n_images=total, eps=eps_list, attacks=names, settings=settings, seed=seed, clean=clean_mask, robust=robust,
+        seconds=seconds, eps_curve=curve, curve_seconds=curve_seconds, es_calibration=calibration,
+        vanishing_gradient_share=vanishing_count / correct if correct else 0.0, warnings=warnings, notes=notes,
+        total_seconds=time.perf_counter() - started,
+    )
+    if curve:
+        say(f"eps curve, PGD alone: {result.pgd_curve_text()}")
+    say(f"sanity: every adversarial ({len(names)} attack(s) x {len(eps_list)} eps) lies within eps + 1e-6 of its "
+        f"image in L-inf, inside [0, 1], without NaN")
+    for warning in warnings:
+        say(f"warning: {warning}")
+    return result
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The seed of one batch: the same images get the same draws whichever process attacks them."""
+    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
+
+
+def _budgets(value: float | Sequence[float], argument: str) -> list[float]:
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if not values or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
+        raise ValueError(f"{argument} must be a budget or budgets in (0, 1] (images live in [0, 1]), got {value!r}")
+    return sorted({float(v) for v in values})
+
+
+def _attack_names(attacks: str | Sequence[str], source_model: nn.Module | None) -> tuple[list[str], list[str]]:
+    """(the attacks to run, notes): "all" is the suite, without the attacks that need a missing source model."""
+    notes = []
+    if attacks == "all":
+        names = list(TABLE_SUITE)
+        for name in [n for n in names if ATTACKS[n].needs_source and source_model is None]:
+            names.remove(name)
+            notes.append(f"{name} left out of the suite: no source_model (the ReLU twin) given")
+        return names, notes
+    names = [attacks] if isinstance(attacks, str) else list(dict.fromkeys(attacks))
+    unknown = [name for name in names if name not in ATTACKS]
+    if unknown or not names:
+        raise ValueError(f"attacks: choose from {', '.join(ATTACKS)} or 'all', got {attacks!r}")
+    needing = [name for name in names if ATTACKS[name].needs_source and source_model is None]
+    if needing:
+        raise ValueError(f"attacks: {', '.join(needing)} needs a source_model (the ReLU twin)")
+    return names, notes
+
+
+def has_kwta(model: nn.Module) -> bool:
+    """Does `model` hold a KWTA layer (else it is a ReLU-like network es can be calibrated on)?"""
+    return any(isinstance(module, KWTA) for module in model.modules())
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter gradients while attacking (the attacks differentiate the images only)."""
+    if model is None or not isinstance(model, nn.Module):
+        yield
+        return
+    modes = {module: module.training for module in model.modules()}
+    grads = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    model.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for parameter, requires_grad in grads.items():
+            parameter.requires_grad_(requires_grad)
+
+
+def _my_batches(source, labels, n_images, batch_size, device) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """This process's (batch index, images, labels): every world_size-th batch of the first n_images, checked."""
+    if n_images is not None and n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if isinstance(source, torch.Tensor):
+        if labels is None or len(labels) != len(source):
+            raise ValueError("labels: give one label per image with an image tensor "
+                             f"(got {None if labels is None else len(labels)} for {len(source)} images)")
+        count = len(source) if n_images is None else min(n_images, len(source))
+        batches = ((source[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, count, batch_size))
+    elif labels is not None:
+        raise ValueError("labels: only with an image tensor; a dataset or loader brings its own")
+    elif isinstance(source, Dataset) and hasattr(source, "__len__"):
+        count = len(source) if n_images is None else min(n_images, len(source))
+
+        def batches_of_dataset():
+            for start in range(0, count, batch_size):
+                pairs = [source[i] for i in range(start, min(start + batch_size, count))]
+                yield torch.stack([image for image, _ in pairs]), torch.tensor([int(label) for _, label in pairs])
+        batches = batches_of_dataset()
+    else:
+        batches = _truncated(source, n_images)
+    mine = []
+    for index, (images, batch_labels) in enumerate(batches):
+        if index % distributed.world_size() != distributed.rank():
+            continue
+        images, batch_labels = images.to(device), torch.as_tensor(batch_labels).to(device).long()
+        _check_range(images)
+        mine.append((index, images, batch_labels))
+    return mine
+
+
+def _truncated(loader: Iterable, n_images: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    left = n_images
+    for images, labels in loader:
+        if left is not None:
+            images, labels = images[:left], labels[:left]
+            left -= len(labels)
+        if len(labels):
+            yield images, labels
+        if left is not None and left <= 0:
+            return
+
+
+def _check_range(images: torch.Tensor) -> None:
+    if not images.is_floating_point():
+        raise TypeError(f"images_or_loader: images must be floating point in [0, 1], got {images.dtype}")
+    if images.dim() < 2:
+        raise ValueError(f"images_or_loader: a batch needs a batch dimension first, got shape {tuple(images.shape)}")
+    low, high = images.min().item(), images.max().item()
+    if not (0.0 <= low and high <= 1.0):
+        raise ValueError(f"images_or_loader: images must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]: "
+                         "the attacks clip to [0, 1] and eps is in those units; put the normalisation inside the model")
+
+
+def _clean_pass(model: nn.Module, batches) -> tuple[list[tuple[int, torch.Tensor]], int]:
+    """(per batch: correctly classified images; correctly classified images whose input gradient vanishes)."""
+    clean, vanishing = [], 0
+    for index, images, labels in batches:
+        correct = predict(model, images) == labels
+        clean.append((index, correct.cpu()))
+        vanishing += int((vanishing_gradients(model, images, labels) & correct).sum())
+    return clean, vanishing
+
+
+def _gathered(parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """The per-image mask over every process's batches, in batch order."""
+    everyone = sorted(itertools.chain.from_iterable(distributed.all_gather(parts)), key=lambda part: part[0])
+    return torch.cat([mask for _, mask in everyone]) if everyone else torch.zeros(0, dtype=torch.bool)
+
+
+def _run(model, batches, eps, name, settings, seed, source_model, device) -> tuple[torch.Tensor, float]:
+    """One attack over every batch: (the per-image robust mask over all processes, seconds summed over them)."""
+    parts, seconds = [], 0.0
+    for index, images, labels in batches:
+        robust, batch_seconds = attack_batch(model, images, labels, eps, [name], settings, source_model=source_model,
+                                             seed=batch_seed(seed, index))
+        parts.append((index, robust[name].cpu()))
+        seconds += batch_seconds[name]
+    return _gathered(parts), distributed.all_reduce_sum([seconds], device)[0]
