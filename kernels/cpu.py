@@ -3,7 +3,7 @@
 Math. Each float is read as its raw bits and mapped to an integer key of the same width,
     key = +|x|bits for x >= 0,   -|x|bits for x < 0,   |inf|bits + 1 for NaN,
 so -0.0 and +0.0 share key 0, NaN sits above +inf, and ordering keys orders the floats exactly as
-DESIGN.md does. The threshold key T, the k-th largest key of a row, is found digit by digit, most
+docs/operator.md says. The threshold key T, the k-th largest key of a row, is found digit by digit, most
 significant first, as in kernels/triton_kwta.py:
     float32            11 / 11 / 10 bits                 (2048, 2048, 1024 bins)
     float16, bfloat16  11 /  5 bits                      (their own 16-bit keys: two passes)

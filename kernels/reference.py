@@ -1,6 +1,6 @@
 """The k-WTA operator in plain PyTorch, written for clarity: the oracle every backend is tested against.
 
-Semantics (../DESIGN.md, "The operator"):
+Semantics (docs/operator.md, "Exact semantics"):
   rows       mode="vol": one row per sample (C*H*W); mode="channel": one row per (sample, channel);
              a 2-D input (B, D) has rows of D in both modes.
   k          exactly one of ratio (0 < ratio <= 1, k = max(1, int(ratio * N))) and k (1 <= k <= N).
@@ -18,7 +18,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_input(x: torch.Tensor, mode: str) -> None:
-    """Raise the errors DESIGN.md lists for a bad `x` or `mode`."""
+    """Raise the errors docs/operator.md lists for a bad `x` or `mode`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:

@@ -3,7 +3,7 @@
 Math. Each element becomes an order-preserving int32 key (float16 and bfloat16 are widened to float32
 first, which is exact):
     key = +|x|bits for x >= 0,   -|x|bits for x < 0,   NAN_KEY (just above +inf's) for NaN,
-so -0.0 and +0.0 share key 0 and NaN orders above +inf, as DESIGN.md specifies. The threshold key T
+so -0.0 and +0.0 share key 0 and NaN orders above +inf, as docs/operator.md specifies. The threshold key T
 is the k-th largest key of the row, found digit by digit, most significant first:
     pass 0: bits 31..21 (sign, exponent, 2 mantissa bits)    2048 bins
     pass 1: bits 20..10 of the keys that matched pass 0      2048 bins
