@@ -1,5 +1,6 @@
 """attack.py end to end on checkpoints that train.py wrote (resnet18-cifar, 1 epoch of synthetic data)."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -7,11 +8,12 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 import attack
 import train
 from experiments.tables import TABLE_COLUMNS, parse_table
-from kwta.attacks import TABLE_SUITE
+from kwta.attacks import ATTACKS, TABLE_SUITE
 from kwta.checkpoint import load_model
 from kwta.data import get_datasets
 
@@ -144,6 +146,40 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
     assert results[0]["results"][0]["accuracy"] == results[1]["results"][0]["accuracy"]
     assert results[0]["results"][0]["accuracy"] == results[2]["results"][0]["accuracy"]
     assert results[0]["results"][0]["interval"] == results[2]["results"][0]["interval"]
+    assert results[0]["per_image"] == results[2]["per_image"]  # gathered from both processes, in image order
+
+
+def test_a_model_train_py_did_not_make(tmp_path, capsys):
+    """--model MODULE:FACTORY with --weights: torchvision's resnet18, its state dict saved by hand."""
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    out = tmp_path / "resnet18.json"
+    run_attack(["--model", "torchvision.models:resnet18", "--model-kwargs", '{"num_classes": 10}', "--weights",
+                str(weights), "--dataset", "synthetic", "--attacks", "pgd", "--n-images", "6", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["spec"]["model"] == "torchvision.models:resnet18" and results["n_images"] == 6
+    assert len(results["per_image"]["robust"]["0.1"]["pgd"]) == 6
+    assert "torchvision.models:resnet18 (" in capsys.readouterr().out
+
+    torch.save({"model": argparse.Namespace(code="an object to unpickle")}, tmp_path / "pickled.pt")
+    torch.save({"model": {"not": "tensors"}}, tmp_path / "strings.pt")
+    for bad, message in ((tmp_path / "pickled.pt", "is not a torch state dict"),
+                         (tmp_path / "strings.pt", "holds no state dict of tensors"),
+                         (weights, "does not fit the model")):
+        argv = ["--model", "torchvision.models:resnet18", "--model-kwargs",
+                '{"num_classes": 10}' if bad != weights else '{"num_classes": 3}', "--weights", str(bad),
+                "--dataset", "synthetic", "--attacks", "pgd", "--device", "cpu"]
+        with pytest.raises(SystemExit) as exit_info:
+            attack.main(argv)
+        assert message in exit_info.value.code and exit_info.value.code.startswith("attack.py: error: weights:")
+
+
+def test_list_attacks_prints_the_registry(capsys):
+    attack.main(["--list-attacks"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["name", "column"] and len(lines) == 1 + len(ATTACKS)
+    assert lines[1].split()[:4] == ["pgd", "PGD", "yes", "yes"]
 
 
 @pytest.mark.parametrize(
@@ -162,11 +198,16 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
         (["--pgd-step", "0.01", "--pgd-rel-stepsize", "0.003"], "at most one"),
         (["--n-images", "100000"], "test set has"),
         (["--table", "results.txt"], ".md"),
+        (["--model", "torchvision.models:resnet18"], "exactly one"),
+        (["--checkpoint", None, "--model", "nomodule"], "MODULE:FACTORY"),
+        (["--checkpoint", None, "--model", "torchvision.models:resnet18"], "needs --weights and --dataset"),
     ],
 )
 def test_bad_input_exits_with_a_one_line_reason(checkpoints, argv, message, capsys):
     if "--checkpoint" not in argv:
         argv = ["--checkpoint", checkpoints["kwta"], *argv]
+    elif argv[1] is None:  # no checkpoint at all
+        argv = argv[2:]
     with pytest.raises(SystemExit) as exit_info:
         attack.main(argv + ["--device", "cpu"])
     reason = exit_info.value.code if isinstance(exit_info.value.code, str) else capsys.readouterr().err.strip()

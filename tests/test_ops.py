@@ -4,6 +4,8 @@ The cpu backend runs on CPU tensors; triton runs on CUDA tensors where there is 
 tensors in Triton's interpreter (tests/conftest.py), so the same cases check the compiled kernels on a GPU.
 """
 
+import warnings
+
 import pytest
 import torch
 from kwta.kernels import cpu, triton_kwta
@@ -271,6 +273,30 @@ def test_module_repr_ratio_schedule_and_replace_relu():
     x = torch.randn(2, 1, 5, 5)
     assert torch.equal(layers[0](x), kwta(x, 0.1, mode="channel"))
     assert "k=3" in repr(KWTA(k=3))
+
+
+def test_replace_relu_says_when_it_replaces_nothing_and_takes_other_types():
+    mobile = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU6(), torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    with pytest.raises(ValueError, match="no ReLU module to replace in Sequential; it holds ReLU6: pass types="):
+        replace_relu(mobile, 0.2)
+    assert replace_relu(mobile, 0.2, types=(torch.nn.ReLU, torch.nn.ReLU6)) == 1
+    assert isinstance(mobile[1], KWTA)
+    with pytest.raises(TypeError, match="types must be nn.Module classes"):
+        replace_relu(mobile, 0.2, types=(len,))
+
+    class FunctionalTail(torch.nn.Module):  # densenet121's shape: a ReLU module inside, F.relu in its forward
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+
+        def forward(self, x):
+            return torch.nn.functional.relu(self.features(x))
+
+    with pytest.warns(UserWarning, match="applies ReLU as a function .*those stay ReLU"):
+        assert replace_relu(FunctionalTail(), 0.5) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no functional ReLU, no warning
+        assert replace_relu(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), 0.5) == 1
 
 
 def test_auto_backend_dispatch():
