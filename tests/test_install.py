@@ -74,4 +74,5 @@ def test_a_fresh_venv_imports_kwta_from_outside_the_checkout_and_evaluates_a_tor
     assert run.returncode == 0, run.stderr[-3000:]
     location, markdown = run.stdout.split("\n", 1)
     assert location.startswith(site) and not location.startswith(str(ROOT))
-    assert markdown.startswith("## Robust accuracy") and "\n| PGD | " in markdown and "\n| **worst case** | " in markdown
+    assert markdown.startswith("## Robust accuracy")
+    assert "\n| PGD | " in markdown and "\n| **worst case** | " in markdown
