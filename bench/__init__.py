@@ -35,3 +35,6 @@ returned: topk's indices belong to a graph branch nothing downstream references,
 Files, named by device under --out: ops-cpu.csv, sweep-cpu.csv, model-cpu.csv (a row per clock),
 targets-cpu.csv and environment-cpu.json; plots/bench.py draws them.
 """
+
+# What is timed, by name (bench/providers.py says what each is): here, without torch, for --help and --providers.
+PROVIDERS = ("topk", "reference", "cpu", "partition", "kthvalue", "relu", "triton", "copy")

@@ -1,27 +1,43 @@
-"""python -m bench: the k-WTA operator against the paper's topk formula, np.partition, kthvalue and ReLU."""
+"""python -m bench: the k-WTA operator against the paper's topk formula, np.partition, kthvalue and ReLU.
+
+    python -m bench                                  # the per-shape table on this machine's device
+    python -m bench --device cuda --sweep --model    # what make gpu-check runs, on a CUDA GPU
+    python -m bench --quick                          # tiny shapes and few repeats: a smoke run
+
+Forward, backward and forward+backward medians over interleaved runs, GB/s and bytes saved for backward
+(bench/__init__.py says how each is counted). On CPU every figure is taken twice by default: wall clock at
+the default thread count (the headline, what a user sees) and process CPU time on one thread (for cores
+other jobs share). The CSVs go to --out; python -m plots.bench draws them.
+"""
+
+from __future__ import annotations  # torch's types in the signatures; torch itself loads after the arguments
 
 import argparse
 import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from bench import PROVIDERS
+from experiments.cli import HelpFormatter
 
-from bench import report
-from bench.providers import FORWARD_ONLY, PROVIDERS, available_providers, build_benchmark_models, provider_function
-from bench.report import ModelResult, OpResult, SweepResult, clock_label
-from bench.timing import CLOCKS, saved_bytes_per_element, time_providers, time_steps
+if TYPE_CHECKING:
+    import torch
+
+    from bench.report import ModelResult, OpResult, SweepResult
 
 SHAPES = ((32, 64, 32, 32), (32, 128, 16, 16), (32, 256, 8, 8), (32, 512, 4, 4), (8, 64, 112, 112))
 QUICK_SHAPES = ((4, 16, 8, 8), (2, 8, 32, 32))
 SWEEP_ROW_LENGTHS = tuple(1024 * 4**i for i in range(6))  # 1K .. 1M
 QUICK_SWEEP_ROW_LENGTHS = (1024, 4096, 16384)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names
+CLOCKS = ("wall", "process")  # bench/timing.py's CPU clocks
 
 
 def _random_input(shape, dtype, device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype).requires_grad_()
     grad_y = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
@@ -35,6 +51,10 @@ def _ratio_to(value: float, baseline: float | None) -> float:
 def bench_shapes(shapes: Sequence[tuple[int, ...]], providers: Sequence[str], *, ratio: float, dtype: torch.dtype,
                  device: str, clock: str, threads: int, repeats: int, warmup: int) -> list[OpResult]:
     """Forward, backward and forward+backward medians and saved bytes of every provider on every shape."""
+    from bench.providers import FORWARD_ONLY, provider_function
+    from bench.report import OpResult
+    from bench.timing import saved_bytes_per_element, time_providers
+
     functions = {name: provider_function(name, ratio) for name in providers}
     results = []
     for seed, shape in enumerate(shapes):
@@ -63,6 +83,10 @@ def bench_sweep(row_lengths: Sequence[int], providers: Sequence[str], *, total_e
                 dtype: torch.dtype, device: str, clock: str, threads: int, repeats: int,
                 warmup: int) -> list[SweepResult]:
     """Time per element against row length at a fixed total size (rows = total // row length)."""
+    from bench.providers import FORWARD_ONLY, provider_function
+    from bench.report import SweepResult
+    from bench.timing import time_providers
+
     functions = {name: provider_function(name, ratio) for name in providers}
     results = []
     for seed, row_length in enumerate(row_lengths):
@@ -90,11 +114,18 @@ def _activation(name: str, ratio: float) -> str:
 def bench_model(*, ratio: float, batch: int, device: str, clock: str, threads: int, repeats: int,
                 warmup: int) -> list[ModelResult]:
     """Median time per training step (forward, backward, SGD step) of resnet18-cifar with each activation."""
+    import torch
+    from torch import nn
+
+    from bench import providers
+    from bench.report import ModelResult
+    from bench.timing import time_steps
+
     generator = torch.Generator().manual_seed(0)
     images = torch.rand((batch, 3, 32, 32), generator=generator).to(device)
     labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     steps = {}
-    for name, model in build_benchmark_models(ratio).items():
+    for name, model in providers.build_benchmark_models(ratio).items():
         model.to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -125,17 +156,12 @@ def _parse_shapes(text: str) -> tuple[tuple[int, ...], ...]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Benchmark the k-WTA operator against the paper's topk formula, np.partition, kthvalue and "
-        "ReLU: forward, backward, forward+backward medians over interleaved runs, GB/s and bytes saved for "
-        "backward. On CPU every figure is taken twice by default: wall clock at the default thread count (the "
-        "headline, what a user sees) and process CPU time on one thread (for cores other jobs share).",
+        prog="python -m bench", formatter_class=HelpFormatter, description=__doc__,
     )
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=default_device,
-                        help=f"device to run on (default here: {default_device})")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--ratio", type=float, default=0.1, help="k-WTA sparsity ratio for the operator (default 0.1)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="device to run on; auto: cuda when torch sees one, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="element type of the inputs")
+    parser.add_argument("--ratio", type=float, default=0.1, help="k-WTA sparsity ratio for the operator")
     parser.add_argument("--repeats", type=int, help="CPU: timed rounds per shape (default 15); CUDA uses do_bench")
     parser.add_argument("--warmup", type=int, help="CPU: untimed iterations per provider and shape (default 2)")
     parser.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)} "
@@ -148,16 +174,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="elements per sweep tensor (default 4M on CPU, 16M on CUDA; --quick: 16K)")
     parser.add_argument("--model", action="store_true",
                         help="also time training steps of resnet18-cifar with relu, kwta and the topk formula")
-    parser.add_argument("--model-batch", type=int, default=128, help="batch of the model benchmark (default 128)")
-    parser.add_argument("--model-ratio", type=float, default=0.2, help="k-WTA ratio in the models (default 0.2)")
+    parser.add_argument("--model-batch", type=int, default=128,
+                        help="batch of the model benchmark; --quick: 4 unless given")
+    parser.add_argument("--model-ratio", type=float, default=0.2, help="k-WTA ratio in the models")
     parser.add_argument("--model-repeats", type=int, help="CPU: timed steps per model (default 5)")
     parser.add_argument("--threads", type=int, help="CPU threads of the wall clock (default: torch's, one per core)")
     parser.add_argument("--clock", choices=("both", *CLOCKS), default="both",
                         help="CPU only: 'wall' (perf_counter at --threads), 'process' (the process's CPU time on "
-                        "one thread, which other jobs on shared cores do not inflate) or 'both' (default)")
+                        "one thread, which other jobs on shared cores do not inflate) or 'both'")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
-    parser.add_argument("--out", default="results/bench", help="directory for the CSVs (default results/bench)")
+    parser.add_argument("--out", default="results/bench", help="directory for the CSVs")
     args = parser.parse_args(argv)
+    import torch  # only now: --help answers without it
+
+    from bench.providers import available_providers
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -200,7 +233,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    dtype = DTYPES[args.dtype]
+    import torch
+
+    from bench import report
+    from bench.report import clock_label
+
+    dtype = getattr(torch, args.dtype)
     info = report.environment(args.device)
     clocks = ", ".join(clock_label(args.device, c, t) for c, t in args.clocks)
     print(" ".join(f"{k}={v}" for k, v in info.items()))

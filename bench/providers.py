@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import PROVIDERS
 from kwta.functional import kwta
 
-PROVIDERS = ("topk", "reference", "cpu", "partition", "kthvalue", "relu", "triton", "copy")
 FORWARD_ONLY = frozenset({"copy"})
 _UNAVAILABLE = {"cuda": {"cpu", "partition"}, "cpu": {"triton"}}
 

@@ -6,13 +6,15 @@ with the same settings key: a hash of its command line (paths under the output f
 interpreter and the data location left out), of the keys of the steps it needs, and of the contents of any
 outside file it reads (`inputs`). A changed setting therefore reruns the step and everything after it; a
 step interrupted with unchanged settings resumes (`resume` arguments are added when its `checkpoint`
-exists). Code changes do not change a key: `rerun` names steps to run again anyway.
+exists); any other attempt starts afresh (`fresh` arguments are added: train.py's --overwrite, since its
+folder may hold an earlier attempt's files). Code changes do not change a key: `rerun` names steps to run
+again anyway.
 
 One invocation at a time: `run_steps` holds an exclusive lock on `log_dir/pipeline.lock` (flock, so it is
-released if the process dies) and a lock per running step, which SLURM jobs (kwta/slurm.py) take as well.
-Steps run in order of their dependencies; with several slots (GPUs, or CPU shares) independent steps run at
-once, each in its own slot and logging to its own file. A failed step does not stop the steps that do not
-need it; the failures are reported at the end.
+released if the process dies) and a lock per running step, which SLURM jobs (experiments/slurm.py) take as
+well. Steps run in order of their dependencies; with several slots (GPUs, or CPU shares) independent steps
+run at once, each in its own slot and logging to its own file. A failed step does not stop the steps that
+do not need it; the failures are reported at the end.
 """
 
 import contextlib
@@ -43,6 +45,7 @@ class Step:
     done: Path  # exists once the step has finished
     needs: list[str] = field(default_factory=list)  # names of steps that must finish first
     resume: list[str] = field(default_factory=list)  # added to the command to continue an interrupted attempt
+    fresh: list[str] = field(default_factory=list)  # added to the command when it does not resume (--overwrite)
     checkpoint: Path | None = None  # what an interrupted attempt leaves to continue from
     location: list[str] = field(default_factory=list)  # where data lives (--data-dir): run, but not a setting
     inputs: list[Path] = field(default_factory=list)  # files from outside the pipeline whose contents matter
@@ -158,10 +161,22 @@ def attempted(record: dict, key: str) -> bool:
     return record.get("key") == key and started
 
 
-def resume_arguments(step: Step, key: str, log_dir: Path) -> list[str]:
-    """`step.resume` when an earlier attempt with these settings was interrupted and left its checkpoint."""
-    interrupted = attempted(read_record(log_dir, step.name), key)
-    return step.resume if interrupted and step.checkpoint is not None and step.checkpoint.exists() else []
+def resumes(step: Step, key: str, log_dir: Path) -> bool:
+    """Does this attempt resume: the step can (`resume`), and an earlier attempt with these settings was
+    interrupted, leaving its checkpoint?"""
+    if not step.resume or step.checkpoint is None or not step.checkpoint.exists():
+        return False
+    return attempted(read_record(log_dir, step.name), key)
+
+
+def start_arguments(step: Step, key: str, log_dir: Path) -> list[str]:
+    """What this attempt adds to the command: `step.resume` when it resumes, else `step.fresh`."""
+    return step.resume if resumes(step, key, log_dir) else step.fresh
+
+
+def attempt_command(step: Step, key: str, log_dir: Path) -> list[str]:
+    """The command line this attempt runs: the step's command, resume or fresh arguments, the data location."""
+    return step.command + start_arguments(step, key, log_dir) + step.location
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -216,14 +231,14 @@ def finish(step: Step, key: str, settings: dict, log_dir: Path, returncode: int,
 
 
 def execute_step(payload: dict) -> float:
-    """Run one step here and record it: what a cluster job does (kwta/slurm.py). Returns its wall seconds.
+    """Run one step here and record it: what a cluster job does (experiments/slurm.py). Returns its wall seconds.
 
     payload: step (a Step), key, settings, log_dir, cwd. Raises RuntimeError when the step fails.
     """
     step, key, settings, log_dir = payload["step"], payload["key"], payload["settings"], Path(payload["log_dir"])
     job = os.environ.get("SLURM_JOB_ID")
     with exclusive_lock(log_dir / STATE_DIR / f"{step.name}.lock", what=f"step {step.name}"):
-        command = step.command + resume_arguments(step, key, log_dir) + step.location
+        command = attempt_command(step, key, log_dir)
         write_record(log_dir, name=step.name, key=key, settings=settings, status="running",
                      started=now(), host=socket.gethostname(), slurm_job=job)
         print(f"[run] {step.name}: {shlex.join(map(str, command))}", flush=True)
@@ -286,12 +301,12 @@ def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str], commands
         elif record.get("status") == "done" and record.get("key") != key:
             why = f"settings changed since it finished: {describe_change(record.get('settings', {}), settings)}"
         elif record.get("key") == key and record.get("status") in ("running", "submitted", "failed"):
-            why = f"{record['status']} before" + (", resuming" if resume_arguments(step, key, log_dir) else "")
+            why = f"{record['status']} before" + (", resuming" if resumes(step, key, log_dir) else "")
         else:
             why = "new"
         print(f"[to run] {step.name} ({why})")
         if commands:
-            print(f"    {shlex.join(map(str, step.command + resume_arguments(step, key, log_dir) + step.location))}")
+            print(f"    {shlex.join(map(str, attempt_command(step, key, log_dir)))}")
         pending.append(step)
     return pending
 
@@ -340,7 +355,7 @@ def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list
                     continue
                 held.push(step_lock)
                 slot = free.pop(0)
-                command = step.command + resume_arguments(step, key, log_dir) + step.location
+                command = attempt_command(step, key, log_dir)
                 write_record(log_dir, name=step.name, key=key, settings=settings, status="running",
                              started=now(), host=socket.gethostname())
                 log_path = log_dir / f"{step.name}.log"

@@ -1,6 +1,7 @@
-"""The replication report's Tables 1-8 (kwta/replication_report.json) and tables that set this project's figures
-beside them: for each model the report's row, our row under the report's own attacks (PGD at rel_stepsize
-0.003, DeepFool) and our row under the full suite, with the report's anomalies named below.
+"""The replication report's Tables 1-8 (experiments/replication_report.json) and tables that set this
+project's figures beside them: for each model the report's row, our row under the report's own attacks
+(PGD at rel_stepsize 0.003, DeepFool) and our row under the full suite, with the report's anomalies named
+below.
 """
 
 import json

@@ -4,7 +4,7 @@ Each unfinished step becomes one sbatch job (`--gpus-per-node` as the step asks,
 partition and any extra sbatch options given) that depends (`afterok`) on the jobs of the unfinished steps
 it needs; a job whose dependency failed is cancelled by SLURM (`kill-on-invalid-dep`). The job runs
 `experiments.pipeline.execute_step`: it takes the step's lock, continues an interrupted attempt (same settings
-key, checkpoint present), runs the command and records the result, exactly as a local run does. A job
+key, checkpoint present) or starts afresh, runs the command and records the result, exactly as a local run does. A job
 that reaches its time limit is requeued by submitit (checkpointing), and resumes.
 
 Submission holds the pipeline lock, so two submitters never race; a step whose job from an earlier

@@ -18,10 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files; no display on a GPU box
-import matplotlib.pyplot as plt  # noqa: E402
+from experiments.cli import HelpFormatter
 
 # one colour per provider across every figure, so topk is the same red in the bars and the sweep
 PROVIDER_COLORS = {
@@ -34,6 +31,16 @@ PROVIDER_COLORS = {
     "triton": "#17becf",
     "copy": "#7f7f7f",
 }
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (--help answers without it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are written to files; no display on a GPU box
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_rows(path: str) -> list[dict]:
@@ -88,6 +95,7 @@ def _clock(row: dict) -> str:
 
 def plot_ops(csv_path: str) -> str:
     """Grouped bars: ms per shape for every provider, one panel per pass and a row per clock; returns the PNG."""
+    plt = _pyplot()
     rows = read_rows(csv_path)
     clocks = _by_clock(rows)
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
@@ -119,6 +127,7 @@ def plot_ops(csv_path: str) -> str:
 
 def plot_sweep(csv_path: str) -> str:
     """ns per element against row length at a fixed total size, forward and forward+backward, a row per clock."""
+    plt = _pyplot()
     rows = read_rows(csv_path)
     clocks = _by_clock(rows)
     providers = list(dict.fromkeys(r["provider"] for r in rows))
@@ -148,6 +157,7 @@ def plot_sweep(csv_path: str) -> str:
 
 def plot_model(csv_path: str) -> str:
     """ms per training step of each activation, annotated with the ratio to ReLU, a panel per clock."""
+    plt = _pyplot()
     rows = read_rows(csv_path)
     clocks = _by_clock(rows)
     figure, axes = plt.subplots(1, len(clocks), figsize=(6.5 * len(clocks), 4.5), squeeze=False)
@@ -190,6 +200,7 @@ def _legend_outside(figure, axes) -> None:
 
 
 def _save(figure, csv_path: str) -> str:
+    plt = _pyplot()
     png_path = os.path.splitext(csv_path)[0] + ".png"
     figure.savefig(png_path, dpi=120)
     plt.close(figure)
@@ -200,8 +211,9 @@ PLOTTERS = {"ops": plot_ops, "sweep": plot_sweep, "model": plot_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Draw the k-WTA benchmark figures next to their CSVs.")
-    parser.add_argument("csvs", nargs="*", help="ops-*.csv, sweep-*.csv or model-*.csv (default: all in --results)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("csvs", nargs="*", metavar="CSV",
+                        help="ops-*.csv, sweep-*.csv or model-*.csv (default: all in --results)")
     parser.add_argument("--results", default="results/bench", help="directory searched when no CSV is given")
     args = parser.parse_args(argv)
     paths = args.csvs or sorted(p for kind in PLOTTERS for p in glob.glob(os.path.join(args.results, f"{kind}-*.csv")))

@@ -1,6 +1,6 @@
-"""Training curves from train.py's metrics.jsonl, and robust accuracy against eps from attack.py's JSON files.
+r"""Training curves from train.py's metrics.jsonl, and robust accuracy against eps from attack.py's JSON files.
 
-    python -m plots.curves --metrics runs/fm-kwta/metrics.jsonl runs/fm-relu/metrics.jsonl \\
+    python -m plots.curves --metrics runs/fm-kwta/metrics.jsonl runs/fm-relu/metrics.jsonl \
         --attacks results/fm-kwta.json results/fm-relu.json --out results/curves.png
 
 Panels: loss per epoch and accuracy per epoch (train dashed, test solid), then, with --attacks, accuracy
@@ -16,12 +16,7 @@ import json
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiments.figures import save_figure  # noqa: E402
+from experiments.cli import HelpFormatter
 
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 ATTACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -29,9 +24,11 @@ ATTACK_STYLES = ("-", "--", ":", "-.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics", nargs="+", default=[], metavar="JSONL", help="train.py metrics.jsonl files")
-    parser.add_argument("--attacks", nargs="+", default=[], metavar="JSON", help="attack.py --out JSON files")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="JSONL",
+                        help="train.py metrics.jsonl files (default: none; give --metrics, --attacks or both)")
+    parser.add_argument("--attacks", nargs="+", default=[], metavar="JSON",
+                        help="attack.py --out JSON files (default: none)")
     parser.add_argument("--out", required=True, help="PNG to write (.pdf and .json go beside it)")
     args = parser.parse_args(argv)
     if not args.metrics and not args.attacks:
@@ -92,6 +89,13 @@ def read_attacks(path: str) -> tuple[str, dict[str, dict[float, float]]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Only now the heavy imports: --help and a bad argument answer at once.
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are written to files; no display needed
+    import matplotlib.pyplot as plt
+
+    from experiments.figures import save_figure
 
     # Setup: every file read and grouped by run.
     try:

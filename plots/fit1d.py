@@ -15,19 +15,18 @@ Writes OUT (PNG), OUT with .pdf, and OUT with .npz (the grid, the target, the po
 activation-pattern changes and jumps between neighbours), and prints a summary per network.
 """
 
+from __future__ import annotations  # torch's types in the signatures, torch itself imported when needed
+
 import argparse
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # figures are written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from experiments.cli import HelpFormatter, positive_int, unit_interval
 
-from experiments.cli import positive_int, unit_interval  # noqa: E402
-from experiments.figures import save_figure  # noqa: E402
-from kwta.modules import KWTA  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 DOMAIN = (-1.0, 1.0)
 COLORS = {"target": "#2ca02c", "points": "#d62728", "fit": "#1f77b4"}
@@ -38,20 +37,19 @@ def target_function(x: np.ndarray) -> np.ndarray:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="PNG to write (PDF and .npz go beside it)")
-    parser.add_argument("--points", type=positive_int, default=10, help="training points (default 10)")
-    parser.add_argument("--hidden", type=positive_int, default=256, help="hidden units per layer (default 256)")
-    parser.add_argument("--ratio", type=unit_interval, default=0.2, help="k-WTA sparsity ratio (default 0.2)")
-    parser.add_argument("--steps", type=positive_int, default=2000, help="Adam steps (default 2000)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    parser.add_argument("--grid", type=positive_int, default=4000, help="points of the dense grid (default 4000)")
+    parser.add_argument("--points", type=positive_int, default=10, help="training points")
+    parser.add_argument("--hidden", type=positive_int, default=256, help="hidden units per layer")
+    parser.add_argument("--ratio", type=unit_interval, default=0.2, help="k-WTA sparsity ratio")
+    parser.add_argument("--steps", type=positive_int, default=2000, help="Adam steps")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--grid", type=positive_int, default=4000, help="points of the dense grid")
     parser.add_argument("--zoom", type=unit_interval, default=0.15,
-                        help="width of the zoomed window, as a share of the domain (default 0.15)")
+                        help="width of the zoomed window, as a share of the domain")
     parser.add_argument("--jump-tolerance", type=unit_interval, default=0.01,
-                        help="a step between grid neighbours above this share of the fit's range is a jump "
-                             "(default 0.01)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="a step between grid neighbours above this share of the fit's range is a jump")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the points and the initial weights")
     args = parser.parse_args(argv)
     if args.grid < 2:
         parser.error(f"--grid needs at least 2 points, got {args.grid}")
@@ -63,12 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def mlp(activation: str, hidden: int, ratio: float) -> nn.Sequential:
+    from torch import nn
+
+    from kwta.modules import KWTA
+
     make = (lambda: KWTA(ratio)) if activation == "kwta" else nn.ReLU
     return nn.Sequential(nn.Linear(1, hidden), make(), nn.Linear(hidden, hidden), make(), nn.Linear(hidden, 1))
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> float:
     """Full-batch Adam on the mean squared error; returns the final training MSE."""
+    import torch
+    from torch import nn
+
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         loss = nn.functional.mse_loss(model(x), y)
@@ -81,6 +86,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: floa
 
 def evaluate_with_patterns(model: nn.Sequential, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(model(x) flattened, activation pattern per point: which hidden units are non-zero, all layers)."""
+    import torch
+    from torch import nn
+
+    from kwta.modules import KWTA
+
     patterns = []
     hooks = [layer.register_forward_hook(lambda _m, _i, out: patterns.append(out != 0))
              for layer in model if isinstance(layer, nn.ReLU | KWTA)]
@@ -100,6 +110,15 @@ def with_gaps(y: np.ndarray, jumps: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Only now the heavy imports: --help and a bad argument answer at once.
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are written to files; no display needed
+    import matplotlib.pyplot as plt
+    import torch
+
+    from experiments.figures import save_figure
+
     torch.set_num_threads(1)  # matrices of a few hundred: threads cost more than they save
 
     # Setup: the points, the grid and two networks from the same initial weights (k-WTA's copied from ReLU's).

@@ -1,6 +1,6 @@
-"""Loss-landscape figure: the loss around one test image on the (gradient sign, random) slice, per checkpoint.
+r"""Loss-landscape figure: the loss around one test image on the (gradient sign, random) slice, per checkpoint.
 
-    python -m plots.landscape --checkpoints runs/fm-kwta/checkpoint.pt runs/fm-relu/checkpoint.pt \\
+    python -m plots.landscape --checkpoints runs/fm-kwta/checkpoint.pt runs/fm-relu/checkpoint.pt \
         --out results/landscape.png [--steps 25 --radius 0.1 --image-index 0 1 2 --data-dir D]
 
 One 3-D surface per checkpoint side by side (as the paper's figure: k-WTA, k-WTA + adversarial training,
@@ -18,21 +18,7 @@ image) and .json (the roughness table with each checkpoint's spec).
 import argparse
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from experiments.cli import positive_float  # noqa: E402
-from experiments.figures import save_figure  # noqa: E402
-from kwta.checkpoint import load_model  # noqa: E402
-from kwta.data import DEFAULT_EPS, get_datasets  # noqa: E402
-from kwta.landscape import loss_landscape, roughness  # noqa: E402
-
-ROUGHNESS_DEFINITION = roughness.__doc__.strip().splitlines()[0]
+from experiments.cli import HelpFormatter, positive_float
 
 
 def odd_steps(text: str) -> int:
@@ -43,18 +29,18 @@ def odd_steps(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True, metavar="PT", help="checkpoints to compare")
     parser.add_argument("--labels", nargs="+", help="one title per checkpoint (default: activation and ratio)")
     parser.add_argument("--out", required=True, help="PNG to write (.pdf, .npz and .json go beside it)")
-    parser.add_argument("--steps", type=odd_steps, default=25, help="grid points per axis, odd (default 25)")
+    parser.add_argument("--steps", type=odd_steps, default=25, help="grid points per axis, odd")
     parser.add_argument("--radius", type=positive_float, help="half-width in L-inf input units (default: the "
-                        "dataset's eps: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_EPS.items()) + ")")
+                        "checkpoint's dataset's eps, kwta.data.DEFAULT_EPS, as attack.py)")
     parser.add_argument("--image-index", type=int, nargs="+", default=[0], metavar="I",
-                        help="test images to slice around; the figure shows the first (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random direction (default 0)")
+                        help="test images to slice around; the figure shows the first")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random direction")
     parser.add_argument("--no-clamp", action="store_true", help="do not clip grid points to [0, 1]")
-    parser.add_argument("--batch-size", type=int, default=125, help="grid points per forward pass (default 125)")
+    parser.add_argument("--batch-size", type=int, default=125, help="grid points per forward pass")
     parser.add_argument("--data-dir", help="where the dataset lives (as train.py; fashion-mnist: Debian's files)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
@@ -82,6 +68,19 @@ def describe(spec: dict, adv_train: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Only now the heavy imports: --help and a bad argument answer at once.
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are written to files; no display needed
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from matplotlib.ticker import MaxNLocator
+
+    from experiments.figures import save_figure
+    from kwta.checkpoint import load_model
+    from kwta.data import DEFAULT_EPS, get_datasets
+    from kwta.landscape import loss_landscape, roughness
 
     # Setup: every model, and the test images each one is sliced around (datasets loaded once per kind).
     try:
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed, clamp=not args.no_clamp,
     )
     summary = {
-        "roughness_definition": ROUGHNESS_DEFINITION + " (kwta.landscape.roughness)",
+        "roughness_definition": roughness.__doc__.strip().splitlines()[0] + " (kwta.landscape.roughness)",
         "steps": args.steps, "seed": args.seed, "clamp": not args.no_clamp, "image_index": args.image_index,
         "checkpoints": [
             {

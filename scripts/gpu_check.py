@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from experiments.cli import HelpFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_ops.py", "tests/test_cuda.py", "tests/test_aot.py"]
@@ -49,10 +49,12 @@ def target_counts(path: Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", default="results/gpu-check", help="logs, benchmark tables and CSVs")
     parser.add_argument("--skip-bench", action="store_true", help="correctness only")
     args = parser.parse_args(argv)
+    import torch  # after the arguments: --help answers at once
+
     if not torch.cuda.is_available():
         sys.exit("gpu_check.py: error: no CUDA device is visible (torch.cuda.is_available() is False)")
     out = ROOT / args.out

@@ -155,7 +155,7 @@ def test_model_bench_times_a_training_step_of_every_model(monkeypatch):
 
     from kwta.modules import KWTA
 
-    monkeypatch.setattr("bench.__main__.build_benchmark_models", tiny_models)
+    monkeypatch.setattr("bench.providers.build_benchmark_models", tiny_models)
     results = bench_model(ratio=0.2, batch=2, device="cpu", clock="process", threads=1, repeats=2, warmup=1)
     assert [r.activation for r in results] == ["relu", "kwta ratio 0.2", "topk ratio 0.2"]
     assert all(r.step_ms > 0 and r.x_relu > 0 for r in results)

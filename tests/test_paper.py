@@ -1,4 +1,5 @@
-"""scripts/paper.py: the full grid as listed by --dry-run, and a slice of the mini grid run for real."""
+"""scripts/paper.py: the full grid as listed by --dry-run, its --gpus checked, and a slice of the mini grid run
+for real."""
 
 import json
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.cli import gpu_ids
 from kwta.checkpoint import load_checkpoint
 from kwta.models import imagenet_normalization
 
@@ -39,6 +41,7 @@ def test_full_grid_dry_run_lists_every_step_with_its_settings(tmp_path):
     assert sorted(set(steps) - set(trains) - set(suites) - set(reports)) == [
         "fit1d", "landscape-resnet18-cifar-cifar10-paper", "landscape-resnet18-cifar-svhn-paper", "tables"]
 
+    assert all(c.endswith(" --overwrite --data-dir data") for c in trains.values())  # a fresh start, as new
     torchvision_runs = [c for c in trains.values() if "--arch resnet18-cifar" not in c]
     assert len(torchvision_runs) == 24 and all("--input-size 224" in c for c in torchvision_runs)  # the report's
     assert sum("--pretrained" in c for c in torchvision_runs) == 12
@@ -67,6 +70,14 @@ def test_full_grid_dry_run_lists_every_step_with_its_settings(tmp_path):
 
     resized = listed(paper("--dry-run", "--out", str(tmp_path), "--input-size", "128").stdout)
     assert "--input-size 128" in resized["train-alexnet-cifar10-finetune-relu"]
+
+
+@pytest.mark.parametrize("gpus", ["abc", "0,0", "-1", "", "0,,1", "1.5"])
+def test_gpus_must_be_distinct_non_negative_integers(gpus):
+    refused = paper("--gpus", gpus, "--dry-run", check=False)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines()[-1].startswith("paper.py: error: argument --gpus: ")
+    assert gpu_ids("0, 1,3") == ["0", "1", "3"] and gpu_ids("7") == ["7"]
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")

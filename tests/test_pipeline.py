@@ -89,6 +89,46 @@ def test_an_interrupted_step_resumes_only_with_unchanged_settings(tmp_path):
     assert read_record(tmp_path / "out" / "logs", "train")["status"] == "done"
 
 
+# A stand-in for train.py's --out rules: a non-empty folder is refused unless --resume (continue its checkpoint)
+# or --overwrite (start afresh) says what to do with it, never both. With --crash, a fresh attempt dies after
+# writing its checkpoint; a resumed one finishes.
+FUSSY_TRAIN = """
+import os, sys
+args = sys.argv[1:]
+out = args[args.index("--out") + 1]
+resume, overwrite = "--resume" in args, "--overwrite" in args
+if resume and overwrite:
+    sys.exit("--resume and --overwrite are mutually exclusive")
+if os.path.isdir(out) and os.listdir(out) and not (resume or overwrite):
+    sys.exit(f"--out {out} is not empty: give --resume or --overwrite")
+if resume and not os.path.exists(os.path.join(out, "checkpoint")):
+    sys.exit("--resume: no checkpoint")
+os.makedirs(out, exist_ok=True)
+open(os.path.join(out, "attempts"), "a").write(" ".join(args) + chr(10))
+open(os.path.join(out, "checkpoint"), "w")
+if "--crash" in args and not resume:
+    sys.exit(1)
+open(os.path.join(out, "summary"), "w")
+"""
+
+
+def test_train_steps_resume_or_start_afresh_in_a_folder_with_old_files(tmp_path, capsys):
+    script, run_dir = tmp_path / "train.py", tmp_path / "out" / "run"
+    script.write_text(FUSSY_TRAIN)
+    train = lambda *settings: Step("train", [sys.executable, str(script), *settings, "--out", str(run_dir)],
+                                   run_dir / "summary", resume=["--resume"], fresh=["--overwrite"],
+                                   checkpoint=run_dir / "checkpoint")
+    attempts = lambda: [line.split() for line in (run_dir / "attempts").read_text().splitlines()]
+    with pytest.raises(RuntimeError, match="1 step"):  # the first attempt, interrupted
+        run([train("--epochs", "1", "--crash")], tmp_path)
+    run([train("--epochs", "1", "--crash")], tmp_path)  # the same settings: it resumes
+    run([train("--epochs", "2")], tmp_path, dry_run=True)  # new settings: a fresh start, over the old files
+    assert f"--out {run_dir} --overwrite" in capsys.readouterr().out
+    run([train("--epochs", "2")], tmp_path)
+    assert [attempt[-1] for attempt in attempts()] == ["--overwrite", "--resume", "--overwrite"]
+    assert read_record(tmp_path / "out" / "logs", "train")["status"] == "done"
+
+
 def test_two_invocations_do_not_collide(tmp_path):
     (tmp_path / "out" / "logs").mkdir(parents=True)
     with exclusive_lock(tmp_path / "out" / "logs" / "pipeline.lock", what="test"):

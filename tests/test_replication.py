@@ -1,4 +1,4 @@
-"""The report's Tables 1-8 as transcribed (kwta/replication_report.json), and the tables set beside them."""
+"""The report's Tables 1-8 as transcribed (experiments/replication_report.json), and the tables set beside them."""
 
 import re
 from pathlib import Path

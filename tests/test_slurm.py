@@ -76,12 +76,14 @@ def test_one_job_per_step_with_gpus_and_dependencies(fake_slurm, tmp_path):
 def test_a_job_runs_its_step_and_records_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # what the sbatch script's setup line exports
     out = tmp_path / "out"
-    step = Step("fit", [sys.executable, "-c", f"import sys; open({str(out / 'fit')!r}, 'w').write(sys.argv[1])",
-                        "--settings"], out / "fit", gpus=0)
+    write_arguments = f"import sys; open({str(out / 'fit')!r}, 'w').write(' '.join(sys.argv[1:]))"
+    step = Step("fit", [sys.executable, "-c", write_arguments, "--settings"], out / "fit", gpus=0,
+                fresh=["--overwrite"], resume=["--resume"], checkpoint=out / "fit")
     key, settings = settings_keys([step], out)["fit"]
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(timeout_min=5)
     job = executor.submit(StepJob(), {"step": step, "key": key, "settings": settings, "log_dir": str(out / "logs"),
                                       "cwd": str(ROOT)})
     assert job.result() > 0
-    assert (out / "fit").read_text() == "--settings" and is_finished(step, key, out / "logs")
+    # a first attempt: the fresh arguments, as a local run adds them
+    assert (out / "fit").read_text() == "--settings --overwrite" and is_finished(step, key, out / "logs")
