@@ -1,7 +1,9 @@
-"""train.py end to end on synthetic data: results files, exact resume, torchrun with gloo, bad input."""
+"""train.py end to end on synthetic data: results files, exact resume, torchrun with gloo, bad input, the
+--out safety rails and a --help that answers before torch loads."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from kwta.adversarial import pgd_linf
 from kwta.checkpoint import load_checkpoint, load_model
 from kwta.data import get_datasets
 from kwta.models import build_model
-from train import main, ratio_at
+from train import main, parse_args, ratio_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # resnet18-cifar on 8x8 images, 48 samples in batches of 16: a few seconds an epoch on two shared cores.
@@ -204,7 +206,7 @@ def test_init_from_a_trained_model_with_the_stem_relu_and_stale_temporaries_clea
     stale = tmp_path / ".checkpoint.pt.x1y2.tmp"  # what a kill during a checkpoint write leaves
     stale.write_bytes(b"\0" * 1000)
     main([*TINY_RUN, "--epochs", "1", "--lr", "1e-12", "--stem-relu",
-          "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path)])
+          "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path), "--overwrite"])
     assert not stale.exists() and f"removed {stale}" in capsys.readouterr().out
     model, checkpoint = load_model(tmp_path / "checkpoint.pt")
     assert checkpoint["spec"]["stem_relu"] and isinstance(model.net.relu, torch.nn.ReLU)
@@ -215,3 +217,74 @@ def test_init_from_a_trained_model_with_the_stem_relu_and_stale_temporaries_clea
     with pytest.raises(SystemExit, match="--init-from.*arch 'resnet18-cifar'"):
         main([*[a if a != "resnet18-cifar" else "resnet18" for a in TINY_RUN], "--epochs", "1",
               "--init-from", str(straight_dir / "checkpoint.pt"), "--out", str(tmp_path / "other")])
+
+
+def test_a_non_empty_out_is_refused_without_resume_or_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as raised:
+        main([*TINY_RUN, "--epochs", "1", "--out", str(tmp_path)])
+    message = str(raised.value.code)
+    assert all(flag in message for flag in ("--out", "--resume", "--overwrite")) and "\n" not in message
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # refused before anything was written
+
+
+def test_torchrun_refuses_a_non_empty_out_once_and_stops_every_process(tmp_path):
+    """Rank 0 alone decides, and the others learn its verdict: one message, no process left waiting."""
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    result = train(*TINY_RUN, "--epochs", "1", "--out", str(tmp_path), launcher=launcher)
+    assert result.returncode != 0 and result.stderr.count("already holds files") == 1, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+
+
+def test_overwrite_starts_afresh_deleting_only_train_py_files(two_epoch_run, tmp_path, capsys):
+    straight_dir, _ = two_epoch_run  # a finished 2-epoch run: an accidental resume would train nothing
+    for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
+        shutil.copy(straight_dir / name, tmp_path / name)
+    (tmp_path / "notes.txt").write_text("mine")
+    main([*TINY_RUN, "--epochs", "1", "--overwrite", "--out", str(tmp_path)])
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1]  # a fresh metrics.jsonl, the old rows gone
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    with open(tmp_path / "summary.json") as file:
+        assert json.load(file)["epochs"] == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # not train.py's: kept, and said so
+    out = capsys.readouterr().out
+    assert f"removed {tmp_path / 'metrics.jsonl'}" in out and "kept notes.txt" in out
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit) as raised:
+        main([*TINY_RUN, "--epochs", "3", "--out", str(tmp_path), "--resume", "--overwrite"])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert raised.value.code == 2 and "--resume" in message and "--overwrite" in message and "not allowed" in message
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"  # untouched
+
+
+def test_the_default_out_names_the_sparsity():
+    out = lambda *flags: parse_args(["--arch", "resnet18-cifar", "--dataset", "fashion-mnist", *flags]).out
+    runs = os.path.join("runs", "resnet18-cifar-fashion-mnist-")
+    assert out("--ratio", "0.1") == runs + "kwta0.1" and out("--ratio", "0.2") == runs + "kwta0.2"
+    assert out("--ratio", "0.1", "--mode", "channel") == runs + "kwta0.1-channel"
+    assert out("--ratio-schedule", "0.2:0.1:0.005:2") == runs + "kwta0.2to0.1"
+    assert out("--activation", "relu", "--ratio", "0.1") == runs + "relu"
+
+
+def test_help_answers_before_torch_is_imported_and_shows_the_defaults():
+    command = [sys.executable, "-X", "importtime", os.path.join(ROOT, "train.py"), "--help"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("import time")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines}
+    assert "argparse" in imported and not [name for name in imported if name.split(".")[0] in ("torch", "tqdm")]
+    assert "\n        --lr 0.001 --epochs 70" in result.stdout  # the docstring's continued example, on its own line
+    text = " ".join(result.stdout.split())
+    assert all(f"(default: {value})" in text for value in ("resnet18", "kwta", "0.2", "vol", "cifar10", "32", "auto"))
+
+
+def test_a_wrong_name_is_refused_with_the_names(tmp_path, capsys):
+    """The names live in torch-importing modules, so they are checked after parsing: as argparse would."""
+    with pytest.raises(SystemExit) as raised:
+        main(["--arch", "vgg16", "--out", str(tmp_path)])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert raised.value.code == 2 and "--arch" in message and "'resnet18-cifar'" in message
