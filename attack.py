@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     images.add_argument("--data-dir", help="where the dataset lives (default: data/; fashion-mnist: Debian's files)")
     images.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
     knobs = parser.add_argument_group("attack settings (defaults: the standard budgets)")
-    knobs.add_argument("--pgd-steps", type=positive_int, default=40, help="PGD, bpda, eot and transfer steps")
-    knobs.add_argument("--pgd-step", type=positive_float, help="absolute step of those (default 2.5*eps/steps)")
+    knobs.add_argument("--pgd-steps", type=positive_int, default=40, help="PGD's steps (and transfer's on the twin)")
+    knobs.add_argument("--pgd-step", type=positive_float, help="PGD's absolute step (default 2.5*eps/steps)")
     knobs.add_argument("--pgd-rel-stepsize", type=positive_float,
                        help="foolbox rel_stepsize instead (times eps; the replication's too-weak 0.003)")
     knobs.add_argument("--restarts", type=positive_int, default=5, help="random starts of pgd and transfer")
@@ -117,11 +117,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     knobs.add_argument("--square-queries", type=positive_int, default=5000, help="Square's queries (standard: 5000)")
     knobs.add_argument("--bpda-temperatures", type=temperature_list, default=(0.3, 1.0, 3.0), metavar="T1,T2,...",
                        help="bpda's temperatures, times each row's std")
+    knobs.add_argument("--bpda-steps", type=positive_int, default=40, help="bpda's sign steps per temperature")
+    knobs.add_argument("--bpda-step", type=positive_float, help="their absolute step (default 2.5*eps/steps)")
+    knobs.add_argument("--bpda-iterations", type=positive_int, default=100,
+                       help="bpda's APGD-CE and APGD-T iterations per temperature (standard: 100)")
     knobs.add_argument("--es-steps", type=positive_int, default=20, help="es sign steps")
     knobs.add_argument("--es-samples", type=positive_int, default=50, help="es antithetic pairs per image, last step")
     knobs.add_argument("--es-probe-batch", type=positive_int, default=512, help="es probes per forward pass")
     knobs.add_argument("--eot-samples", type=positive_int, default=8, help="eot noise draws per step")
-    knobs.add_argument("--eot-sigma", type=positive_float, default=0.05, help="eot noise scale")
+    knobs.add_argument("--eot-rel-sigma", type=positive_float, default=0.5, help="eot noise scale, times eps")
+    knobs.add_argument("--eot-steps", type=positive_int, default=40, help="eot sign steps")
+    knobs.add_argument("--eot-step", type=positive_float, help="their absolute step (default 2.5*eps/steps)")
     knobs.add_argument("--seed", type=int, default=0, help="seeds every random draw, per batch and attack")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="results JSON (written atomically)")
@@ -172,9 +178,10 @@ def check_suite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         args.settings = AttackSettings(
             pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, pgd_rel_stepsize=args.pgd_rel_stepsize,
             pgd_restarts=args.restarts, pgd_loss=args.pgd_loss, autoattack_iterations=args.aa_iterations,
-            square_queries=args.square_queries, bpda_temperatures=args.bpda_temperatures, es_steps=args.es_steps,
+            square_queries=args.square_queries, bpda_temperatures=args.bpda_temperatures, bpda_steps=args.bpda_steps,
+            bpda_step=args.bpda_step, bpda_iterations=args.bpda_iterations, es_steps=args.es_steps,
             es_samples=args.es_samples, es_probe_batch=args.es_probe_batch, eot_samples=args.eot_samples,
-            eot_sigma=args.eot_sigma,
+            eot_rel_sigma=args.eot_rel_sigma, eot_steps=args.eot_steps, eot_step=args.eot_step,
         )
     except ValueError as error:
         parser.error(str(error).replace("pgd_step", "--pgd-step").replace("_", "-"))

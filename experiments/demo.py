@@ -49,6 +49,7 @@ def build_steps(args, out: Path) -> list[Step]:
                 *(["--source-checkpoint", relu_checkpoint, "--twin-results", out / "attacks" / "relu.json"]
                   if name != "relu" else []),
                 "--n-images", args.n_images, "--restarts", args.restarts, "--aa-iterations", args.aa_iterations,
+                "--bpda-iterations", args.aa_iterations,
                 "--square-queries", args.square_queries, "--es-steps", args.es_steps, "--es-samples", args.es_samples,
                 "--eot-samples", args.eot_samples, "--device", args.device,
                 "--out", out / "attacks" / f"{name}.json",
@@ -121,7 +122,9 @@ def write_summary(args, out: Path, seconds: float) -> Path:
         f"first adversarial iterate kept; DeepFool {settings['deepfool_steps']} steps (foolbox); AutoAttack's "
         f"standard version (pyautoattack) at {settings['autoattack_iterations']} iterations (standard 100) and "
         f"{settings['square_queries']} Square queries (standard 5000); Square alone, as many queries; BPDA at "
-        f"temperatures {', '.join(f'{t:g}' for t in settings['bpda_temperatures'])}; eot {settings['pgd_steps']} "
+        f"temperatures {', '.join(f'{t:g}' for t in settings['bpda_temperatures'])}, {settings['bpda_steps']} sign "
+        f"steps then APGD-CE and APGD-T at {settings['bpda_iterations']} iterations through the surrogate; eot "
+        f"{settings['eot_steps']} "
         f"steps of {settings['eot_samples']} draws; es {settings['es_steps']} steps of up to "
         f"{settings['es_samples']} antithetic pairs; transfer = PGD on the ReLU model, {settings['pgd_restarts']} "
         f"starts.",

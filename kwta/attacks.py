@@ -29,12 +29,14 @@ backward; `square` never looks at a gradient. All the home-made ones share one s
 """
 
 import contextlib
+import contextvars
 import importlib
+import logging
 import math
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,10 +64,13 @@ class AttackSanityError(RuntimeError):
 
 @dataclass
 class AttackSettings:
-    """Attack hyperparameters: official AutoAttack budgets, Madry's PGD, CPU-sized es / eot."""
+    """Attack hyperparameters, each attack's its own: official AutoAttack budgets, Madry's PGD, CPU-sized es / eot.
 
-    pgd_steps: int = 40  # also bpda's and eot's steps, and transfer's on the source
-    pgd_step: float | None = None  # absolute step; None means 2.5 * eps / pgd_steps (Madry et al.)
+    A step left as None is 2.5 * eps / steps (Madry et al.'s schedule for a budget of `steps`).
+    """
+
+    pgd_steps: int = 40  # also transfer's on the source (it is PGD on the twin)
+    pgd_step: float | None = None  # absolute step
     pgd_rel_stepsize: float | None = None  # foolbox's rel_stepsize (times eps); the replication used 0.003
     pgd_restarts: int = 5  # random starts of pgd and of transfer
     pgd_loss: str = "ce"
@@ -74,18 +79,24 @@ class AttackSettings:
     autoattack_iterations: int = 100  # APGD-CE, APGD-T, FAB-T iterations: AutoAttack's standard 100
     square_queries: int = 5000  # AutoAttack's standard 5000
     bpda_temperatures: tuple[float, ...] = BPDA_TEMPERATURES
+    bpda_steps: int = 40  # the sign-step first stage, per temperature
+    bpda_step: float | None = None
+    bpda_iterations: int = 100  # APGD-CE and APGD-T through the surrogate, per temperature (AutoAttack's 100)
     es_steps: int = 20
     es_samples: int = 50  # antithetic pairs per image on the last step; the count grows linearly to it
     es_probe_batch: int = 512  # probe images per forward pass: bounds es's memory whatever its budget
     eot_samples: int = 8
-    eot_sigma: float = 0.05
+    eot_rel_sigma: float = 0.5  # the noise's scale, times eps
+    eot_steps: int = 40
+    eot_step: float | None = None
 
     def __post_init__(self):
         for name in ("pgd_steps", "pgd_restarts", "deepfool_steps", "deepfool_candidates", "autoattack_iterations",
-                     "square_queries", "es_steps", "es_samples", "es_probe_batch", "eot_samples"):
+                     "square_queries", "bpda_steps", "bpda_iterations", "es_steps", "es_samples", "es_probe_batch",
+                     "eot_samples", "eot_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("pgd_step", "pgd_rel_stepsize", "eot_sigma"):
+        for name in ("pgd_step", "pgd_rel_stepsize", "bpda_step", "eot_rel_sigma", "eot_step"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -100,7 +111,12 @@ class AttackSettings:
     def pgd_step_size(self, eps: float) -> float:
         if self.pgd_rel_stepsize is not None:
             return self.pgd_rel_stepsize * eps
-        return self.pgd_step if self.pgd_step is not None else 2.5 * eps / self.pgd_steps
+        return madry_step(eps, self.pgd_steps, self.pgd_step)
+
+
+def madry_step(eps: float, steps: int, step: float | None = None) -> float:
+    """`step` if given, else 2.5 * eps / steps: enough to cross the eps-ball and back within the budget."""
+    return step if step is not None else 2.5 * eps / steps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,6 +167,32 @@ def optional_import(module: str, attack: str):
     except ImportError as error:
         raise ImportError(f"the {attack} attack runs from the {module} package, which is not installed: "
                           f"pip install 'kwta[attacks]'") from error
+
+
+AUTOATTACK_LOGGER = "auto-attack"  # where pyautoattack logs its own checks
+_running_attack: contextvars.ContextVar[str] = contextvars.ContextVar("running_attack", default="")
+
+
+class _Collector(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.found: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.found.append((_running_attack.get(), record.getMessage()))
+
+
+@contextlib.contextmanager
+def autoattack_checks() -> Iterator[list[tuple[str, str]]]:
+    """While the block runs, collect (attack, message) for every warning AutoAttack's own checks log: a
+    randomised defence, zero gradients, a dynamic model, Square beating the gradient attacks. The official
+    code only logs them; an evaluation has to report them."""
+    logger, collector = logging.getLogger(AUTOATTACK_LOGGER), _Collector()
+    logger.addHandler(collector)
+    try:
+        yield collector.found
+    finally:
+        logger.removeHandler(collector)
 
 
 @contextlib.contextmanager
@@ -253,7 +295,7 @@ def pgd(
     40 * 0.003 * eps in total.
     """
     if step_size is None:
-        step_size = rel_stepsize * eps if rel_stepsize is not None else 2.5 * eps / steps
+        step_size = rel_stepsize * eps if rel_stepsize is not None else madry_step(eps, steps)
     loss_function = cross_entropy_loss if loss == "ce" else margin_loss
     generator = _generator(seed, x.device)
 
@@ -290,11 +332,30 @@ def autoattack_adversary(
     """
     AutoAttack = optional_import("pyautoattack", "autoattack").AutoAttack
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=device)
-    adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = iterations
+    for apgd in (adversary.apgd, adversary.apgd_targeted):
+        set_apgd_iterations(apgd, iterations)
+    adversary.fab.n_iter = iterations  # FAB reads n_iter as it runs; nothing is derived from it when built
     adversary.square.n_queries = square_queries
     targets = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
     adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
     return adversary
+
+
+APGD_SCHEDULE = ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr")
+
+
+def set_apgd_iterations(apgd, iterations: int) -> None:
+    """Give an APGD attack `iterations` iterations with the step-size schedule a fresh APGD of that budget has.
+
+    APGD derives its checkpoints (when the step may halve and restart from the best point) from n_iter once,
+    when built: setting n_iter alone at a cut budget leaves the schedule of 100 iterations, under which the
+    step never halves. The schedule is taken from an APGD built with the new count, so the package's own rule
+    makes it.
+    """
+    APGDAttack = optional_import("pyautoattack.autopgd_base", "autoattack").APGDAttack
+    fresh = APGDAttack(apgd.model, n_iter=iterations, norm=apgd.norm, eps=apgd.eps)
+    for name in APGD_SCHEDULE:
+        setattr(apgd, name, getattr(fresh, name))
 
 
 def autoattack(
@@ -303,24 +364,24 @@ def autoattack(
     y: torch.Tensor,
     eps: float,
     *,
-    part: str | None = None,
+    parts: Sequence[str] | None = None,
     iterations: int = 100,
     square_queries: int = 5000,
     seed: int = 0,
 ) -> torch.Tensor:
-    """AutoAttack's standard evaluation, as the official code runs it, or one of its parts alone.
+    """AutoAttack's standard evaluation, as the official code runs it, or some of its parts.
 
-    part: None for the whole standard sequence (each attack on the images the previous ones left), or
-    "apgd-ce", "apgd-t", "fab" (FAB-T), "square" for that attack alone with its standard settings.
+    parts: None for the whole standard sequence (each attack on the images the previous ones left), or names
+    from "apgd-ce", "apgd-t", "fab" (FAB-T), "square", run in that order with their standard settings.
     """
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    if part in ("apgd-t", "fab", None) and num_classes < 4:
+    if (parts is None or {"apgd-t", "fab"} & set(parts)) and num_classes < 4:
         raise ValueError(f"AutoAttack's targeted attacks need at least 4 classes, the model has {num_classes}")
     adversary = autoattack_adversary(model, eps, num_classes, iterations=iterations, square_queries=square_queries,
                                      seed=seed, device=x.device)
-    if part is not None:
-        adversary.attacks_to_run = [AUTOATTACK_PARTS[part]]
+    if parts is not None:
+        adversary.attacks_to_run = [AUTOATTACK_PARTS[part] for part in parts]
     with _seeded_global_rng(seed, x.device):
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
     return x_adv
@@ -335,19 +396,27 @@ def bpda(
     temperatures: Sequence[float] = BPDA_TEMPERATURES,
     steps: int = 40,
     step_size: float | None = None,
+    iterations: int = 100,
     seed: int = 0,
 ) -> torch.Tensor:
-    """BPDA (Athalye, Carlini, Wagner 2018) for k-WTA: PGD on the margin, forward exact, backward smooth.
+    """BPDA (Athalye, Carlini, Wagner 2018) for k-WTA: the forward exact, the backward smooth.
 
-    Every KWTA layer back-propagates through x * sigmoid((x - t) / T) (kwta.functional), one random
-    start per temperature T (times each row's standard deviation), each on the images the previous
-    ones left; the first adversarial iterate is kept. On a network without k-WTA layers it is PGD on
-    the margin with one random start per temperature.
+    Every KWTA layer back-propagates through x * sigmoid((x - t) / T) (kwta.functional), T = temperature
+    times each row's standard deviation. Two stages, each on the images the runs before it left, the
+    first adversarial of each image kept:
+      1. at each temperature, `steps` sign steps on the margin from one random start (cheap; it breaks most);
+      2. at each temperature, AutoAttack's APGD-CE and then APGD-T (9 targets, or C - 1), `iterations`
+         each, run unchanged through the surrogate: its adaptive step and restarts from the best point.
+    Every candidate is re-verified on the exact model. On a network without k-WTA layers the gradient is
+    exact and this is PGD on the margin followed by APGD.
     """
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = madry_step(eps, steps, step_size)
     generator = _generator(seed, x.device)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1] if len(x) else 0
+    parts = ("apgd-ce", "apgd-t") if num_classes >= 4 else ("apgd-ce",)
 
-    def run_at(temperature: float) -> Run:
+    def sign_steps_at(temperature: float) -> Run:
         def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with surrogate_gradient(model, temperature):
                 x_adv = sign_gradient_ascent(model, xs, ys, eps, steps=steps, step_size=step_size,
@@ -355,7 +424,16 @@ def bpda(
             return x_adv, predict(model, x_adv) == ys
         return run
 
-    return _first_success_of_runs(x, y, [run_at(t) for t in temperatures])
+    def apgd_at(temperature: float, run_seed: int) -> Run:
+        def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with surrogate_gradient(model, temperature):
+                x_adv = autoattack(model, xs, ys, eps, parts=parts, iterations=iterations, seed=run_seed)
+            return x_adv, predict(model, x_adv) == ys
+        return run
+
+    runs = [sign_steps_at(t) for t in temperatures]
+    runs += [apgd_at(t, seed + 1 + i) for i, t in enumerate(temperatures)]
+    return _first_success_of_runs(x, y, runs)
 
 
 def es(
@@ -379,7 +457,7 @@ def es(
     misclassified. The probes are drawn and evaluated `probe_batch` images at a time, so memory stays
     bounded whatever the budget. Starts at x; steps of 2.5 * eps / steps by default.
     """
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = madry_step(eps, steps, step_size)
     generator = _generator(seed, x.device)
 
     @torch.no_grad()
@@ -421,7 +499,7 @@ def eot(
     Averaging smooths the discontinuities k-WTA puts into the loss (expectation over transformation).
     Costs steps * samples forward and backward passes per image; random start like PGD.
     """
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = madry_step(eps, steps, step_size)
     generator = _generator(seed, x.device)
 
     def smoothed_gradient(images: torch.Tensor, labels: torch.Tensor, step_index: int) -> torch.Tensor:
@@ -451,7 +529,7 @@ def transfer(
 ) -> torch.Tensor:
     """PGD run to its last step on `source_model` (e.g. the ReLU twin); each restart's result is tried on
     the target, and an image keeps the first one that fools it."""
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = madry_step(eps, steps, step_size)
     loss_function = cross_entropy_loss if loss == "ce" else margin_loss
     generator = _generator(seed, x.device)
 
@@ -535,7 +613,7 @@ def _run_deepfool(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed
 
 def _register_autoattack(name: str, column: str, *, part: str | None, white_box: bool, in_suite: bool) -> None:
     def run(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
-        return autoattack(context.model, x, y, context.eps, part=part, seed=seed,
+        return autoattack(context.model, x, y, context.eps, parts=None if part is None else [part], seed=seed,
                           iterations=context.settings.autoattack_iterations,
                           square_queries=context.settings.square_queries)
     register(name, column, white_box=white_box, in_suite=in_suite,
@@ -549,19 +627,18 @@ _register_autoattack("fab", "FAB-T", part="fab", white_box=True, in_suite=False)
 _register_autoattack("square", "Square", part="square", white_box=False, in_suite=True)
 
 
-@register("bpda", "BPDA", in_suite=True, settings=("bpda_temperatures", "pgd_steps", "pgd_step", "pgd_rel_stepsize"))
+@register("bpda", "BPDA", in_suite=True, settings=("bpda_temperatures", "bpda_steps", "bpda_step", "bpda_iterations"))
 def _run_bpda(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
-    return bpda(context.model, x, y, context.eps, temperatures=settings.bpda_temperatures, steps=settings.pgd_steps,
-                step_size=settings.pgd_step_size(context.eps), seed=seed)
+    return bpda(context.model, x, y, context.eps, temperatures=settings.bpda_temperatures, steps=settings.bpda_steps,
+                step_size=settings.bpda_step, iterations=settings.bpda_iterations, seed=seed)
 
 
-@register("eot", "EOT", in_suite=True, settings=("eot_samples", "eot_sigma", "pgd_steps", "pgd_step",
-                                                 "pgd_rel_stepsize"))
+@register("eot", "EOT", in_suite=True, settings=("eot_samples", "eot_rel_sigma", "eot_steps", "eot_step"))
 def _run_eot(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
-    return eot(context.model, x, y, context.eps, steps=settings.pgd_steps, samples=settings.eot_samples,
-               sigma=settings.eot_sigma, step_size=settings.pgd_step_size(context.eps), seed=seed)
+    return eot(context.model, x, y, context.eps, steps=settings.eot_steps, samples=settings.eot_samples,
+               sigma=settings.eot_rel_sigma * context.eps, step_size=settings.eot_step, seed=seed)
 
 
 @register("es", "ES", in_suite=True, settings=("es_steps", "es_samples", "es_probe_batch"))
@@ -634,7 +711,11 @@ def attack_batch(
         started = time.perf_counter()
         survived = torch.zeros_like(correct)
         if len(y_correct):
-            x_adv = ATTACKS[name].runner(context, x_correct, y_correct, attack_seed(seed, name))
+            running = _running_attack.set(name)
+            try:
+                x_adv = ATTACKS[name].runner(context, x_correct, y_correct, attack_seed(seed, name))
+            finally:
+                _running_attack.reset(running)
             check_adversarials(x_adv, x_correct, eps, name)
             survived[correct] = predict(model, x_adv) == y_correct
         robust[name] = survived

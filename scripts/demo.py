@@ -33,7 +33,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
     parser.add_argument("--n-images", type=positive_int, default=32, help="test images attacked per model")
     parser.add_argument("--restarts", type=positive_int, default=2, help="PGD's and transfer's random starts")
-    parser.add_argument("--aa-iterations", type=positive_int, default=20, help="AutoAttack's (standard: 100)")
+    parser.add_argument("--aa-iterations", type=positive_int, default=20,
+                        help="AutoAttack's, and BPDA's APGD (standard: 100)")
     parser.add_argument("--square-queries", type=positive_int, default=500, help="Square's (standard: 5000)")
     parser.add_argument("--es-steps", type=positive_int, default=10, help="es's steps")
     parser.add_argument("--es-samples", type=positive_int, default=20, help="es's antithetic pairs per step")

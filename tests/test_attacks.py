@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.tables import format_csv, format_table, merge_rows, parse_table, table_row
 from kwta import attacks, evaluation
 from kwta.attacks import (
     AttackSanityError,
@@ -29,8 +28,8 @@ from kwta.attacks import (
 from kwta.evaluation import es_calibration, masking_warnings, plus_minus, wilson_interval
 from kwta.modules import KWTA
 
-CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_steps=20, es_samples=40, eot_samples=4, eot_sigma=0.01,
-                       autoattack_iterations=20, square_queries=1000)
+CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_steps=20, es_samples=40, eot_samples=4, eot_rel_sigma=1.0,
+                       eot_steps=20, bpda_steps=20, bpda_iterations=20, autoattack_iterations=20, square_queries=1000)
 
 
 def linear_two_class(seed: int = 0, pixels: int = 64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -164,6 +163,57 @@ def test_autoattack_defaults_are_the_standard_version():
     assert (cut.apgd.n_iter, cut.square.n_queries, cut.fab.n_target_classes) == (7, 30, 4)
 
 
+@pytest.mark.parametrize("iterations", [5, 20, 37, 100, 250])
+def test_a_cut_budget_gives_apgd_the_schedule_of_a_fresh_apgd_with_that_budget(iterations):
+    """APGD derives when its step halves (n_iter_2, n_iter_min, size_decr) from n_iter in __init__: at a cut
+    budget the schedule must be the one a fresh APGD of that budget computes, not the 100-iteration one."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    model, _, _ = linear_two_class()
+    adversary = autoattack_adversary(model, 0.1, num_classes=10, iterations=iterations)
+    for built, kind in ((adversary.apgd, APGDAttack), (adversary.apgd_targeted, APGDAttack_targeted)):
+        fresh = kind(model, n_iter=iterations, eps=0.1)
+        assert {name: getattr(built, name) for name in attacks.APGD_SCHEDULE} == \
+               {name: getattr(fresh, name) for name in attacks.APGD_SCHEDULE}
+    if iterations < 100:  # the bug it guards against: the step schedule of 100 iterations kept
+        assert adversary.apgd.n_iter_2 < max(int(0.22 * 100), 1)
+
+
+def test_bpda_runs_autoattacks_apgd_through_the_surrogate(monkeypatch):
+    """After the sign steps, APGD-CE and APGD-T run at each temperature with every KWTA layer's backward smoothed."""
+    model, images, labels = masked_network()
+    layers = [m for m in model.modules() if isinstance(m, KWTA)]
+    calls = []
+
+    def recording(model, x, y, eps, *, parts, iterations, seed, **options):
+        calls.append((tuple(parts), iterations, [layer.surrogate_temperature for layer in layers]))
+        return x.clone()
+
+    monkeypatch.setattr(attacks, "autoattack", recording)
+    monkeypatch.setattr(attacks, "sign_gradient_ascent", lambda model, xs, ys, eps, **options: xs.clone())
+    settings = AttackSettings(bpda_temperatures=(0.3, 1.0), bpda_iterations=17)
+    attack_batch(model, images, labels, 0.1, ["bpda"], settings)
+    parts = ("apgd-ce", "apgd-t") if model(images[:1]).shape[1] >= 4 else ("apgd-ce",)
+    assert calls == [(parts, 17, [0.3] * len(layers)), (parts, 17, [1.0] * len(layers))]
+    assert all(layer.surrogate_temperature is None for layer in layers)  # restored afterwards
+
+
+def test_eot_noise_scales_with_eps_and_each_attack_has_its_own_steps(monkeypatch):
+    model, images, labels = linear_two_class()
+    seen = {}
+    for name in ("eot", "bpda", "pgd"):
+        def recording(*args, _name=name, **options):
+            seen[_name] = options
+            return args[1].clone()
+        monkeypatch.setattr(attacks, name, recording)
+    settings = AttackSettings(pgd_step=0.5, eot_rel_sigma=0.25, eot_steps=7, bpda_steps=9)
+    for eps in (0.02, 0.2):
+        attack_batch(model, images, labels, eps, ["eot", "bpda", "pgd"], settings)
+        assert seen["eot"]["sigma"] == pytest.approx(0.25 * eps) and seen["eot"]["steps"] == 7
+        assert seen["eot"]["step_size"] is None and seen["bpda"]["step_size"] is None  # PGD's step is PGD's own
+        assert seen["bpda"]["steps"] == 9 and seen["pgd"]["step_size"] == 0.5
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Attacks against the exact answer, and the bookkeeping
 
@@ -196,13 +246,14 @@ def test_autoattack_at_its_standard_budget_finds_the_adversarials_of_a_ten_class
 
 def test_a_masked_gradient_stops_pgd_but_not_bpda_square_or_eot():
     model, images, labels = masked_network()
-    settings = AttackSettings(pgd_restarts=3, square_queries=100, eot_sigma=0.4)
+    settings = AttackSettings(pgd_restarts=3, square_queries=100, eot_rel_sigma=4.0, bpda_iterations=20)
     robust, _ = attack_batch(model, images, labels, 0.1, ["pgd", "bpda", "square", "eot"], settings)
     assert robust["pgd"].all(), "every gradient step moves away from the boundary: PGD cannot break an image"
     assert not robust["bpda"].any(), "the smooth stand-in of the k-WTA layer sees the jump (at temperature 1)"
     assert not robust["square"].any(), "Square's first squares cover most pixels and cross the jump"
     assert not robust["eot"].any(), "noise of the jump's distance brings its far side into the average"
-    cold, _ = attack_batch(model, images, labels, 0.1, ["bpda"], AttackSettings(bpda_temperatures=(0.1,)))
+    cold, _ = attack_batch(model, images, labels, 0.1, ["bpda"],
+                           AttackSettings(bpda_temperatures=(0.1,), bpda_iterations=20))
     assert cold["bpda"].all(), "too cold a stand-in passes the exact gradient again: hence several temperatures"
 
 
@@ -388,27 +439,30 @@ def test_masking_warnings():
     assert "vanish" in masking_warnings({}, vanishing_gradient_share=0.5)[0]
 
 
-def test_table_rows_with_intervals_create_merge_and_csv():
-    relu = table_row("ReLU", {"clean": 0.75, "pgd": 0.125, "worst_case": 0.125},
-                     {"clean": (0.5, 0.9), "pgd": (0.05, 0.2), "worst_case": (0.05, 0.2)})
-    assert relu[:3] == ["ReLU", "75.00% +- 25.00", "12.50% +- 7.50"] and relu[-1] == "12.50% +- 7.50"
-    assert relu.count("-") == len(relu) - 4  # every attack not run
-    kwta_row = table_row("k-WTA-0.2", {"clean": 0.75, "pgd": 0.406, "es": 0.375, "worst_case": 0.2})
-    text = format_table(merge_rows(parse_table(""), [relu]))
-    assert text.splitlines()[0] == "| Activation | A_std | PGD | Worst case |"  # columns nobody ran are left out
-    text = format_table(merge_rows(parse_table(text), [kwta_row]))
-    assert text.splitlines()[0] == "| Activation | A_std | PGD | ES | Worst case |"
-    rerun = table_row("ReLU", {"clean": 0.8, "pgd": 0.1, "bpda": 0.05, "worst_case": 0.05})
-    rows = merge_rows(parse_table(text), [rerun])
-    assert [row[0] for row in rows] == ["ReLU", "k-WTA-0.2"] and rows[0][1] == "80.00%"
-    assert parse_table(format_table(rows)) == rows
-    csv_lines = format_csv(rows).splitlines()
-    assert csv_lines[0] == "Activation,A_std,A_std +-,PGD,PGD +-,BPDA,BPDA +-,ES,ES +-,Worst case,Worst case +-"
-    assert csv_lines[2] == "k-WTA-0.2,75.00,,40.60,,,,37.50,,20.00,"
-    assert format_csv([relu]).splitlines()[1] == "ReLU,75.00,25.00,12.50,7.50,12.50,7.50"
-    # a table of the replication's older format still reads, its cells kept as they were
-    old = "| Activation | A_std | PGD | DeepFool | ES | EOT | Transfer | Worst case |\n" + "|---" * 8 + "|\n"
-    (row,) = parse_table(old + "| ReLU | 68.75% | 3.12% | 15.62% | 31.25% | 3.12% | - | 3.12% |\n")
-    assert row[:3] == ["ReLU", "68.75%", "3.12%"] and row[-1] == "3.12%"
-    with pytest.raises(ValueError, match="not a results table"):
-        parse_table("| a | b |\n|---|---|\n| 1 | 2 |\n")
+def test_the_worst_case_is_held_to_the_same_rule_as_each_attack():
+    """Every attack within 3 points of PGD, each on other images: only their worst case shows the gap."""
+    (flagged,) = masking_warnings({0.1: {"pgd": 0.40, "es": 0.37, "eot": 0.37, "bpda": 0.38, "worst_case": 0.30}})
+    assert "worst case leaves 30.0% against PGD's 40.0% (no attack alone, together on different images)" in flagged
+    (flagged,) = masking_warnings({0.1: {"pgd": 0.04, "es": 0.035, "bpda": 0.03, "worst_case": 0.0}})
+    assert "worst case leaves 0.0% against PGD's 4.0%" in flagged
+
+
+def test_autoattacks_own_checks_reach_the_warnings():
+    """A randomised model: AutoAttack's check_randomized logs a warning, which attack_batch's caller collects."""
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+
+        def forward(self, x):
+            return self.net(x) + 0.5 * torch.randn(len(x), 4)
+
+    torch.manual_seed(0)
+    model, images = Noisy().eval(), torch.rand(8, 3, 2, 2)
+    labels = model.net(images).argmax(dim=1)
+    with attacks.autoattack_checks() as logged:
+        attack_batch(model, images, labels, 0.1, ["apgd-ce"], AttackSettings(autoattack_iterations=2))
+    assert any(attack == "apgd-ce" and "random" in message.lower() for attack, message in logged), logged
+    with attacks.autoattack_checks() as quiet:
+        pass
+    assert quiet == []

@@ -2,6 +2,7 @@
 installed into a fresh venv, `import kwta` works from outside the checkout and evaluates a torchvision model."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,9 +20,14 @@ KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot"}
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+    """Built from a copy of what the build reads, so no build/ folder of an earlier build can leak into it."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("kwta", "kernels"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                           "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+                           "--wheel-dir", str(out), str(source)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = out.glob("kwta-*.whl")
     return path
