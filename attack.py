@@ -55,6 +55,16 @@ def temperature_list(text: str) -> tuple[float, ...]:
     return tuple(positive_float(part) for part in text.split(",") if part.strip())
 
 
+def es_schedule(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        stages = tuple(tuple(int(count) for count in stage.split("x")) for stage in text.split(",") if stage.strip())
+    except ValueError:
+        stages = ()
+    if not stages or not all(len(stage) == 2 and min(stage) >= 1 for stage in stages):
+        raise argparse.ArgumentTypeError(f"must be STEPSxPAIRS stages, e.g. 20x50,20x500,60x10000, got {text!r}")
+    return stages
+
+
 def factory_reference(text: str) -> str:
     module, _, name = text.partition(":")
     if not module or not name.isidentifier():
@@ -98,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run every attack at each budget (robust accuracy against eps)")
     target.add_argument("--eps-curve", type=eps_curve, default="auto", metavar="auto|none|E1,E2,...",
                         help="PGD alone at these budgets too, the masking check (auto: 0.5, 2, 4, 8 x eps)")
+    target.add_argument("--binarization", type=positive_int, metavar="N",
+                        help="also run the binarization test (were the attacks strong enough?) on the first N images")
+    target.add_argument("--binarization-inner", type=positive_int, default=999,
+                        help="the binarization test's inner points per image (the paper's 999)")
     images = parser.add_argument_group("images")
     images.add_argument("--n-batches", type=positive_int, help=f"first N test batches ({DEFAULT_N_BATCHES} if neither "
                         "this nor --n-images is given)")
@@ -121,8 +135,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     knobs.add_argument("--bpda-step", type=positive_float, help="their absolute step (default 2.5*eps/steps)")
     knobs.add_argument("--bpda-iterations", type=positive_int, default=100,
                        help="bpda's APGD-CE and APGD-T iterations per temperature (standard: 100)")
-    knobs.add_argument("--es-steps", type=positive_int, default=20, help="es sign steps")
-    knobs.add_argument("--es-samples", type=positive_int, default=50, help="es antithetic pairs per image, last step")
+    knobs.add_argument("--es-schedule", type=es_schedule, default="20x50,20x500,60x10000", metavar="STEPSxPAIRS,...",
+                       help="es's stages: sign steps x antithetic pairs per step (Tramer et al.'s 100 steps)")
+    knobs.add_argument("--es-restarts", type=positive_int, default=2,
+                       help="es's runs: the first from the image (as published), the others from random starts")
     knobs.add_argument("--es-probe-batch", type=positive_int, default=512, help="es probes per forward pass")
     knobs.add_argument("--eot-samples", type=positive_int, default=8, help="eot noise draws per step")
     knobs.add_argument("--eot-rel-sigma", type=positive_float, default=0.5, help="eot noise scale, times eps")
@@ -179,8 +195,8 @@ def check_suite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, pgd_rel_stepsize=args.pgd_rel_stepsize,
             pgd_restarts=args.restarts, pgd_loss=args.pgd_loss, autoattack_iterations=args.aa_iterations,
             square_queries=args.square_queries, bpda_temperatures=args.bpda_temperatures, bpda_steps=args.bpda_steps,
-            bpda_step=args.bpda_step, bpda_iterations=args.bpda_iterations, es_steps=args.es_steps,
-            es_samples=args.es_samples, es_probe_batch=args.es_probe_batch, eot_samples=args.eot_samples,
+            bpda_step=args.bpda_step, bpda_iterations=args.bpda_iterations, es_schedule=args.es_schedule,
+            es_restarts=args.es_restarts, es_probe_batch=args.es_probe_batch, eot_samples=args.eot_samples,
             eot_rel_sigma=args.eot_rel_sigma, eot_steps=args.eot_steps, eot_step=args.eot_step,
         )
     except ValueError as error:
@@ -237,9 +253,9 @@ def load_networks(args: argparse.Namespace, device):
     return model, spec, source_model, source_spec
 
 
-def twin_counts(path: str, args: argparse.Namespace, eps_list: list[float]) -> dict[float, dict[str, int]]:
-    """{eps: {"pgd": robust images, "es": robust images}} from the twin's attack.py JSON, which must be the
-    twin attacked on the same images with the same settings and seed."""
+def twin_calibration(path: str, args: argparse.Namespace, eps_list: list[float]) -> dict:
+    """es's calibration from the twin's attack.py JSON, which must be the twin attacked on the same images, in the
+    same batches (they set the per-batch seeds), at the same eps, with the same settings and seed."""
     from dataclasses import asdict
 
     try:
@@ -248,33 +264,42 @@ def twin_counts(path: str, args: argparse.Namespace, eps_list: list[float]) -> d
         differing = [key for key, same in [
             ("checkpoint", os.path.samefile(twin["checkpoint"], args.source_checkpoint)),
             ("n_images", twin["n_images"] == args.n_images),
+            ("batch_size", twin["batch_size"] == args.batch_size),
+            ("eps", twin["eps"] == eps_list),
             ("settings", twin["settings"] == json.loads(json.dumps(asdict(args.settings)))),
             ("seed", twin["seed"] == args.seed),
         ] if not same]
-        counts = {result["eps"]: result["count"] for result in twin["results"]}
+        record = twin["es_calibration"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         fail(f"--twin-results {path}: not an attack.py results file of --source-checkpoint ({error})")
     if differing:
         fail(f"--twin-results {path}: its {', '.join(differing)} differ from this run's")
-    missing = [eps for eps in eps_list if not {"pgd", "es"} <= set(counts.get(eps, {}))]
-    if missing:
-        fail(f"--twin-results {path}: no PGD and es figures at eps {', '.join(map(str, missing))}")
-    return {eps: {"pgd": counts[eps]["pgd"], "es": counts[eps]["es"]} for eps in eps_list}
+    if not record:
+        fail(f"--twin-results {path}: holds no es calibration (run the twin with es in --attacks)")
+    return record
 
 
 def calibration_source(args: argparse.Namespace, model, source_model, eps_list):
     """(the ReLU network es is calibrated on: the twin, else the model itself if it is one, else None; its path;
-    the counts already measured there, or None)."""
+    the calibration already made there, or None)."""
     from kwta.evaluation import has_kwta
 
     if args.twin_results:
         if has_kwta(source_model):
             fail("--twin-results needs a ReLU --source-checkpoint, not a k-WTA one")
-        return source_model, args.source_checkpoint, twin_counts(args.twin_results, args, eps_list)
+        return source_model, args.source_checkpoint, twin_calibration(args.twin_results, args, eps_list)
     candidates = [(source_model, args.source_checkpoint or args.source_weights),
                   (model, args.checkpoint or args.weights)]
     return next(((network, path) for network, path in candidates if network is not None and not has_kwta(network)),
                 (None, None)) + (None,)
+
+
+def binarization_settings(args: argparse.Namespace):
+    from kwta.binarization import BinarizationSettings
+
+    if args.binarization is None:
+        return False
+    return BinarizationSettings(inner_points=args.binarization_inner, images=args.binarization)
 
 
 def row_label(spec: dict) -> str:
@@ -295,8 +320,8 @@ def write_outputs(args: argparse.Namespace, result, spec: dict, calibration_path
     from experiments.tables import format_csv, format_table, merge_rows, parse_table, table_row
     from kwta.checkpoint import atomic_write
 
-    for record in result.es_calibration.values():
-        record.update(model=calibration_path, **{"from": args.twin_results or "this run"})
+    if result.es_calibration:
+        result.es_calibration.update(model=calibration_path, **{"from": args.twin_results or "this run"})
     try:
         if args.out:
             result.save_json(args.out, checkpoint=args.checkpoint or args.weights,
@@ -342,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.n_images > len(test_ds):
         fail(f"asked for {args.n_images} images but the {spec['dataset']} test set has {len(test_ds)}")
     eps_list = args.eps_list or [args.eps if args.eps is not None else DEFAULT_EPS[spec["dataset"]]]
-    calibration_model, calibration_path, calibration_counts = calibration_source(args, model, source_model, eps_list)
+    calibration_model, calibration_path, calibration_record = calibration_source(args, model, source_model, eps_list)
     if distributed.is_main():
         print(f"{describe_model(spec)}: {args.n_images} test images, {distributed.world_size()} process(es) "
               f"on {device.type}")
@@ -354,9 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = kwta.evaluate(
             model, test_ds, eps=eps_list, attacks=args.attacks, source_model=source_model, settings=args.settings,
-            eps_curve=args.eps_curve, calibration_model=calibration_model, calibration_counts=calibration_counts,
+            eps_curve=args.eps_curve, calibration_model=calibration_model, calibration_record=calibration_record,
             n_images=args.n_images, batch_size=args.batch_size, seed=args.seed, device=device,
-            verbose=distributed.is_main(),
+            binarization=binarization_settings(args), verbose=distributed.is_main(),
         )
     except AttackSanityError as error:
         fail(f"sanity check failed, no number reported: {error}")

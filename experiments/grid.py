@@ -61,7 +61,7 @@ MINI = Scale(datasets={"cifar10": "synthetic", "svhn": "fashion-mnist"}, torchvi
              data=["--train-subset", 64, "--test-subset", 64, "--batch-size", 16], adv_steps=1,
              attack=["--n-images", 4, "--batch-size", 4, "--pgd-steps", 2, "--restarts", 1, "--aa-iterations", 2,
                      "--square-queries", 5, "--bpda-temperatures", 1, "--bpda-steps", 2, "--bpda-iterations", 2,
-                     "--es-steps", 1, "--es-samples", 1, "--eot-samples", 1, "--eot-steps", 2],
+                     "--es-schedule", "1x1", "--eot-samples", 1, "--eot-steps", 2],
              landscape=["--steps", 3, "--image-index", 0],
              fit=["--steps", 30, "--grid", 100, "--hidden", 16, "--points", 6],
              minutes=dict.fromkeys(("scratch", "finetune", "paper", "incremental", "adversarial", "suite", "report",

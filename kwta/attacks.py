@@ -32,7 +32,6 @@ import contextlib
 import contextvars
 import importlib
 import logging
-import math
 import os
 import time
 import zlib
@@ -55,6 +54,9 @@ AUTOATTACK_PARTS = {"apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "fab": "fab-t", "s
 LOSSES = ("ce", "margin")
 # Measured on the demo's k-WTA 0.2 model (64 images, eps 0.1): 0.3 and 1 break the most, 0.03 far less than PGD.
 BPDA_TEMPERATURES = (0.3, 1.0, 3.0)
+# Tramer et al.'s es on k-WTA: 100 steps in (steps, antithetic pairs) stages, a step of 0.01 at eps 0.031.
+ES_SCHEDULE = ((20, 50), (20, 500), (60, 10000))
+ES_REL_STEP = 0.01 / 0.031
 SANITY_TOLERANCE = 1e-6
 
 
@@ -64,7 +66,7 @@ class AttackSanityError(RuntimeError):
 
 @dataclass
 class AttackSettings:
-    """Attack hyperparameters, each attack's its own: official AutoAttack budgets, Madry's PGD, CPU-sized es / eot.
+    """Attack hyperparameters, each attack's its own, at the standard budgets (AutoAttack's, Madry's, Tramer's).
 
     A step left as None is 2.5 * eps / steps (Madry et al.'s schedule for a budget of `steps`).
     """
@@ -82,8 +84,8 @@ class AttackSettings:
     bpda_steps: int = 40  # the sign-step first stage, per temperature
     bpda_step: float | None = None
     bpda_iterations: int = 100  # APGD-CE and APGD-T through the surrogate, per temperature (AutoAttack's 100)
-    es_steps: int = 20
-    es_samples: int = 50  # antithetic pairs per image on the last step; the count grows linearly to it
+    es_schedule: tuple[tuple[int, int], ...] = ES_SCHEDULE  # (steps, antithetic pairs) stages
+    es_restarts: int = 2  # the first from x (as published), the others from random starts
     es_probe_batch: int = 512  # probe images per forward pass: bounds es's memory whatever its budget
     eot_samples: int = 8
     eot_rel_sigma: float = 0.5  # the noise's scale, times eps
@@ -92,7 +94,7 @@ class AttackSettings:
 
     def __post_init__(self):
         for name in ("pgd_steps", "pgd_restarts", "deepfool_steps", "deepfool_candidates", "autoattack_iterations",
-                     "square_queries", "bpda_steps", "bpda_iterations", "es_steps", "es_samples", "es_probe_batch",
+                     "square_queries", "bpda_steps", "bpda_iterations", "es_restarts", "es_probe_batch",
                      "eot_samples", "eot_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -104,6 +106,9 @@ class AttackSettings:
             raise ValueError("give at most one of pgd_step and pgd_rel_stepsize")
         if self.pgd_loss not in LOSSES:
             raise ValueError(f"pgd_loss must be one of {LOSSES}, got {self.pgd_loss!r}")
+        self.es_schedule = tuple((int(steps), int(pairs)) for steps, pairs in self.es_schedule)
+        if not self.es_schedule or not all(steps >= 1 and pairs >= 1 for steps, pairs in self.es_schedule):
+            raise ValueError(f"es_schedule must be (steps, pairs) stages of positive counts, got {self.es_schedule!r}")
         self.bpda_temperatures = tuple(self.bpda_temperatures)
         if not self.bpda_temperatures or not all(t > 0 for t in self.bpda_temperatures):
             raise ValueError(f"bpda_temperatures must be positive numbers, got {self.bpda_temperatures!r}")
@@ -372,12 +377,16 @@ def autoattack(
     """AutoAttack's standard evaluation, as the official code runs it, or some of its parts.
 
     parts: None for the whole standard sequence (each attack on the images the previous ones left), or names
-    from "apgd-ce", "apgd-t", "fab" (FAB-T), "square", run in that order with their standard settings.
+    from "apgd-ce", "apgd-t", "fab" (FAB-T), "square", run in that order with their standard settings. With
+    fewer than 4 classes (the binarization test's 2) the standard sequence leaves out APGD-T, whose targeted
+    DLR loss reads the third and fourth largest logits; FAB-T then targets the C - 1 other classes.
     """
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    if (parts is None or {"apgd-t", "fab"} & set(parts)) and num_classes < 4:
-        raise ValueError(f"AutoAttack's targeted attacks need at least 4 classes, the model has {num_classes}")
+    if parts is None and num_classes < 4:
+        parts = ("apgd-ce", "fab", "square")
+    if parts is not None and "apgd-t" in parts and num_classes < 4:
+        raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, the model has {num_classes}")
     adversary = autoattack_adversary(model, eps, num_classes, iterations=iterations, square_queries=square_queries,
                                      seed=seed, device=x.device)
     if parts is not None:
@@ -442,27 +451,30 @@ def es(
     y: torch.Tensor,
     eps: float,
     *,
-    steps: int = 20,
-    samples: int = 50,
+    schedule: Sequence[tuple[int, int]] = ES_SCHEDULE,
     step_size: float | None = None,
+    restarts: int = 2,
     probe_batch: int = 512,
     seed: int = 0,
 ) -> torch.Tensor:
     """Tramer et al.'s attack on k-WTA: sign steps on the margin with a finite-difference gradient.
 
     Per image and step, g = sum_i [L(x + sigma u_i) - L(x - sigma u_i)] u_i / (2 sigma n), u_i ~ N(0, I),
-    sigma = eps, with n antithetic pairs growing linearly from samples / steps to `samples` over the
-    steps (coarse estimates suffice far from the boundary, close to it the sign must be right). Costs
-    about samples * (steps + 1) forward passes per image (1,050 at the defaults), none for images already
-    misclassified. The probes are drawn and evaluated `probe_batch` images at a time, so memory stays
-    bounded whatever the budget. Starts at x; steps of 2.5 * eps / steps by default.
+    sigma = eps, over n antithetic pairs. `schedule` is (steps, pairs) stages: Tramer et al. ran 20 steps of
+    50 pairs, 20 of 500, then 60 of 10,000 (coarse estimates suffice far from the boundary; close to it the
+    sign of every pixel must be right), with a step of 0.01 at eps 0.031 (ES_REL_STEP * eps). That is
+    2 * sum(steps * pairs) = 1.2 million forward passes per image and run, none for images already
+    misclassified. The first run starts at x, as published; each further one of `restarts` from a uniform
+    random start, on the images still standing. The probes are drawn and evaluated `probe_batch` images at
+    a time, so memory stays bounded whatever the budget.
     """
-    step_size = madry_step(eps, steps, step_size)
+    step_size = ES_REL_STEP * eps if step_size is None else step_size
+    pairs_at = [pairs for steps, pairs in schedule for _ in range(steps)]
     generator = _generator(seed, x.device)
 
     @torch.no_grad()
     def finite_difference_gradient(images: torch.Tensor, labels: torch.Tensor, step_index: int) -> torch.Tensor:
-        pairs = math.ceil(samples * (step_index + 1) / steps)
+        pairs = pairs_at[step_index]
         gradient = torch.zeros_like(images)
         pairs_per_draw = max(1, probe_batch // (2 * len(images)))
         trailing = [1] * (images.dim() - 1)
@@ -478,8 +490,15 @@ def es(
             gradient += ((losses[0] - losses[1]).view(drawn, len(images), *trailing) * directions).sum(dim=0)
         return gradient / (2 * eps * pairs)
 
-    return sign_gradient_ascent(model, x, y, eps, steps=steps, step_size=step_size, start=x,
-                                estimate_gradient=finite_difference_gradient)
+    def run_from(start: Callable[[torch.Tensor], torch.Tensor]) -> Run:
+        def run(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x_adv = sign_gradient_ascent(model, xs, ys, eps, steps=len(pairs_at), step_size=step_size,
+                                         start=start(xs), estimate_gradient=finite_difference_gradient)
+            return x_adv, predict(model, x_adv) == ys
+        return run
+
+    runs = [run_from(lambda xs: xs)] + [run_from(lambda xs: random_start(xs, eps, generator))] * (restarts - 1)
+    return _first_success_of_runs(x, y, runs)
 
 
 def eot(
@@ -641,10 +660,10 @@ def _run_eot(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int
                sigma=settings.eot_rel_sigma * context.eps, step_size=settings.eot_step, seed=seed)
 
 
-@register("es", "ES", in_suite=True, settings=("es_steps", "es_samples", "es_probe_batch"))
+@register("es", "ES", in_suite=True, settings=("es_schedule", "es_restarts", "es_probe_batch"))
 def _run_es(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
-    return es(context.model, x, y, context.eps, steps=settings.es_steps, samples=settings.es_samples,
+    return es(context.model, x, y, context.eps, schedule=settings.es_schedule, restarts=settings.es_restarts,
               probe_batch=settings.es_probe_batch, seed=seed)
 
 

@@ -40,9 +40,12 @@ from kwta.attacks import (
     predict,
     worst_case,
 )
+from kwta.binarization import BinarizationSettings, binarization_test
 from kwta.checkpoint import atomic_write
 from kwta.modules import KWTA
 
+# The binarization test: an attack missing more than this share of provably solvable tasks is too weak to trust.
+BINARIZATION_TOLERANCE = 0.1
 # PGD alone at these multiples of the largest eps: its success must grow with eps and reach about 100%.
 EPS_CURVE_FACTORS = (0.5, 2, 4, 8)
 DEFAULT_BATCH_SIZE = 32
@@ -58,8 +61,11 @@ MASKING_MIN_GAP = 0.02
 LARGE_EPS_ACCURACY = 0.01
 VANISHING_GRADIENT_SHARE = 0.1
 VANISHING_GRADIENT_NORM = 1e-12
-# es calibration: on the ReLU twin es must leave at most this many points more than PGD to count as an attack.
-ES_CALIBRATION_MARGIN = 0.05
+# es calibration, on the ReLU twin: at an eps where PGD leaves a share of images within the band (tried at these
+# multiples of eps), es must break at least this share of the images PGD breaks, image by image.
+ES_CALIBRATION_BAND = (0.3, 0.7)
+ES_CALIBRATION_FACTORS = (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
+ES_CALIBRATION_SHARE = 0.9
 INTERVAL_Z = 1.959963984540054  # two-sided 95%
 
 
@@ -157,16 +163,48 @@ def masking_warnings(
     return warnings
 
 
-def es_calibration(es_accuracy: float, pgd_accuracy: float, eps: float) -> tuple[bool, str]:
-    """(es counts as an attack at this budget, the line saying so) from es and PGD on the ReLU twin."""
-    gap = es_accuracy - pgd_accuracy
-    verdict = (f"within {ES_CALIBRATION_MARGIN:.0%} of PGD: es at this budget is an attack"
-               if gap <= ES_CALIBRATION_MARGIN else
-               f"{gap:.1%} above PGD: es at this budget is too weak to count, its silence proves nothing "
-               f"(raise --es-steps / --es-samples)")
-    return gap <= ES_CALIBRATION_MARGIN, (
-        f"eps {eps:g}: es calibration on the ReLU twin: es leaves {es_accuracy:.1%}, PGD {pgd_accuracy:.1%}, {verdict}"
-    )
+def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings, seed: int, device) -> dict:
+    """Does es, at this budget, find what PGD finds on a ReLU network (where PGD is known to work)?
+
+    At an eps where PGD leaves between ES_CALIBRATION_BAND of the images (tried from `eps` down by halves;
+    where PGD already breaks nothing or everything the comparison says nothing), es must break at least
+    ES_CALIBRATION_SHARE of the images PGD breaks, image by image. Returns the record the JSON keeps.
+    """
+    low, high = ES_CALIBRATION_BAND
+    tried = {}
+    for factor in ES_CALIBRATION_FACTORS:
+        calibration_eps = round(eps * factor, 6)
+        tried[calibration_eps] = _run(model, batches, calibration_eps, "pgd", settings, seed, None, device)[0]
+        if low <= tried[calibration_eps].float().mean() <= high:
+            break
+    calibration_eps = min(tried, key=lambda e: abs(tried[e].float().mean().item() - 0.5))
+    pgd_mask = tried[calibration_eps]
+    es_mask = _run(model, batches, calibration_eps, "es", settings, seed, None, device)[0]
+    clean = _gathered(_clean_pass(model, batches, gradients=False)[0])
+    return calibration_record(calibration_eps, clean, pgd_mask, es_mask, in_band=low <= pgd_mask.float().mean() <= high)
+
+
+def calibration_record(eps: float, clean: torch.Tensor, pgd_mask: torch.Tensor, es_mask: torch.Tensor,
+                       in_band: bool) -> dict:
+    """The calibration's verdict from per-image masks on the ReLU network (robust to PGD, to es)."""
+    n = len(clean)
+    broken_by_pgd = clean & ~pgd_mask
+    also_by_es = broken_by_pgd & ~es_mask
+    share = int(also_by_es.sum()) / max(1, int(broken_by_pgd.sum()))
+    counts = bool(in_band and share >= ES_CALIBRATION_SHARE)
+    band = f"{ES_CALIBRATION_BAND[0]:.0%}-{ES_CALIBRATION_BAND[1]:.0%}"
+    verdict = (f"es breaks {share:.1%} of the {int(broken_by_pgd.sum())} images PGD breaks: " + (
+        "es at this budget is an attack" if counts else
+        f"es at this budget is too weak to count (needs {ES_CALIBRATION_SHARE:.0%}" +
+        ("" if in_band else f", at an eps where PGD leaves {band}") + "), its silence proves nothing"))
+    return {
+        "eps": eps, "counts_as_attack": counts, "share_of_pgds": share, "pgd_in_band": bool(in_band),
+        "pgd": {"accuracy": int(pgd_mask.sum()) / n, "interval": wilson_interval(int(pgd_mask.sum()), n)},
+        "es": {"accuracy": int(es_mask.sum()) / n, "interval": wilson_interval(int(es_mask.sum()), n)},
+        "per_image": {"clean": clean.int().tolist(), "pgd": pgd_mask.int().tolist(), "es": es_mask.int().tolist()},
+        "line": f"es calibration on the ReLU twin at eps {eps:g} (PGD leaves {int(pgd_mask.sum()) / n:.1%}, es "
+                f"{int(es_mask.sum()) / n:.1%}): {verdict}",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,11 +215,12 @@ def es_calibration(es_accuracy: float, pgd_accuracy: float, eps: float) -> tuple
 class Evaluation:
     """What `evaluate` found. Per-image masks are CPU bool tensors over the evaluated images, in order.
 
-    robust: {eps: {attack: mask, ..., "worst_case": mask}}; eps_curve: {eps: PGD's mask}; es_calibration:
-    {eps: the calibration record}. accuracy / interval / count read any of them.
+    robust: {eps: {attack: mask, ..., "worst_case": mask}}; eps_curve: {eps: PGD's mask}; es_calibration: the
+    calibration's record (calibrate_es), or None. accuracy / interval / count read any of the masks.
     """
 
     n_images: int
+    batch_size: int
     eps: list[float]
     attacks: list[str]
     settings: AttackSettings
@@ -191,7 +230,8 @@ class Evaluation:
     seconds: dict[float, dict[str, float]]
     eps_curve: dict[float, torch.Tensor] = field(default_factory=dict)
     curve_seconds: dict[float, float] = field(default_factory=dict)
-    es_calibration: dict[float, dict] = field(default_factory=dict)
+    es_calibration: dict | None = None
+    binarization: dict | None = None
     vanishing_gradient_share: float = 0.0
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -229,17 +269,17 @@ class Evaluation:
             result = {"eps": eps, "accuracy": {name: self.accuracy(name, eps) for name in names},
                       "interval": {name: self.interval(name, eps) for name in names},
                       "count": {name: self.count(name, eps) for name in names}, "seconds": self.seconds[eps]}
-            if eps in self.es_calibration:
-                result["es_calibration"] = self.es_calibration[eps]
             results.append(result)
         curve = [{"eps": eps, "pgd": int(mask.sum()) / self.n_images,
                   "interval": wilson_interval(int(mask.sum()), self.n_images), "seconds": self.curve_seconds[eps]}
                  for eps, mask in sorted(self.eps_curve.items())]
         summary = {
             "attacks": self.attacks, "settings": asdict(self.settings), "seed": self.seed, "eps": self.eps,
-            "n_images": self.n_images, "interval_method": "Wilson score, 95%",
+            "n_images": self.n_images, "batch_size": self.batch_size, "interval_method": "Wilson score, 95%",
             "clean_accuracy": self.accuracy("clean"), "clean_interval": self.interval("clean"),
-            "results": results, "eps_curve": curve, "vanishing_gradient_share": self.vanishing_gradient_share,
+            "results": results, "es_calibration": self.es_calibration, "binarization": self.binarization,
+            "eps_curve": curve,
+            "vanishing_gradient_share": self.vanishing_gradient_share,
             "warnings": self.warnings, "notes": self.notes, "seconds": self.total_seconds,
         }
         if per_image:
@@ -278,9 +318,11 @@ class Evaluation:
                              f"{100 * plus_minus(self.accuracy(name, eps), (low, high)):.2f} | {low:.1%}-{high:.1%} | "
                              f"{self.count(name, eps)} / {self.n_images} | "
                              f"{'-' if seconds is None else f'{seconds:.1f}'} |")
-            if eps in self.es_calibration:
-                lines += ["", self.es_calibration[eps]["line"]]
             lines.append("")
+        if self.es_calibration:
+            lines += [self.es_calibration["line"], ""]
+        if self.binarization:
+            lines += binarization_table(self.binarization)
         if self.eps_curve:
             lines += [f"PGD's eps curve: {self.pgd_curve_text()}", ""]
         lines += [f"- note: {note}" for note in self.notes]
@@ -312,11 +354,12 @@ def evaluate(
     settings: AttackSettings | None = None,
     eps_curve: str | Sequence[float] = "auto",
     calibration_model: nn.Module | str | None = "auto",
-    calibration_counts: dict[float, dict[str, int]] | None = None,
+    calibration_record: dict | None = None,
     n_images: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     device: torch.device | str | None = None,
+    binarization: BinarizationSettings | bool = False,
     verbose: bool = False,
 ) -> Evaluation:
     """Evaluate `model` (any nn.Module mapping images in [0, 1] to logits) under L-inf attacks.
@@ -329,8 +372,12 @@ def evaluate(
     eps_curve: "auto" (PGD alone at 0.5, 2, 4, 8 x the largest eps), "none", or budgets.
     calibration_model: the ReLU network es is calibrated on ("auto": the source model if it has no k-WTA
         layer, else the model itself if it has none, else none and a note says es is uncalibrated);
-        calibration_counts: {eps: {"pgd": robust images, "es": robust images}} already measured there.
+        calibration_record: the calibration already made there (the twin's own result's es_calibration), for
+        the same images, batches, settings and seed.
     batch_size, seed: the batches and the seed fix every random draw (per batch and attack).
+    binarization: run the binarization test (kwta.binarization) at the largest eps with every attack too: True
+        for its defaults on every image, or BinarizationSettings (e.g. images=200); under torchrun, on the
+        main process's images.
     The model is put in eval mode with its parameters frozen while it runs, and restored after.
     """
     started = time.perf_counter()
@@ -349,10 +396,10 @@ def evaluate(
     if "es" in names:
         if calibration_model == "auto":
             calibration_model = next((m for m in (source_model, model) if m is not None and not has_kwta(m)), None)
-        if calibration_model is None and calibration_counts is None:
+        if calibration_model is None and calibration_record is None:
             notes.append("es is uncalibrated: no ReLU network (source_model, the ReLU twin) to calibrate it on")
     else:
-        calibration_model = calibration_counts = None
+        calibration_model = calibration_record = None
     batches = _my_batches(images_or_loader, labels, n_images, batch_size, device)
     total = int(sum(distributed.all_reduce_sum([sum(len(y) for _, _, y in batches)], device)))
     if total == 0:
@@ -367,7 +414,7 @@ def evaluate(
         say(f"clean accuracy: {_describe_mask(clean_mask)} ({total} images)")
         for note in notes:
             say(f"note: {note}")
-        robust, seconds, calibration = {}, {}, {}
+        robust, seconds = {}, {}
         for e in eps_list:
             robust[e], seconds[e] = {}, {}
             for name in names:
@@ -376,33 +423,37 @@ def evaluate(
                 say(f"eps {e:g}: robust accuracy after {name}: {_describe_mask(masks)}, {seconds[e][name]:.1f} s")
             robust[e]["worst_case"] = worst_case({"clean": clean_mask, **robust[e]})
             say(f"eps {e:g}: worst case over {','.join(names)}: {_describe_mask(robust[e]['worst_case'])}")
-            if "es" in names and (calibration_model is not None or calibration_counts is not None):
-                if calibration_counts is not None:
-                    on_twin = calibration_counts[e]
-                elif calibration_model is model and "pgd" in names:
-                    on_twin = {name: int(robust[e][name].sum()) for name in ("pgd", "es")}
-                else:
-                    on_twin = {name: int(_run(calibration_model, batches, e, name, settings, seed, None,
-                                              device)[0].sum()) for name in ("pgd", "es")}
-                counts_as_attack, line = es_calibration(on_twin["es"] / total, on_twin["pgd"] / total, e)
-                calibration[e] = {"from": "given counts" if calibration_counts is not None else "this run",
-                                  "counts_as_attack": counts_as_attack, "line": line,
-                                  **{name: {"accuracy": c / total, "interval": wilson_interval(c, total)}
-                                     for name, c in on_twin.items()}}
-                say(line)
+        calibration = None
+        if calibration_record is not None:
+            calibration = {**calibration_record, "from": "given"}
+        elif calibration_model is not None:
+            calibration = {**calibrate_es(calibration_model, batches, eps_list[-1], settings, seed, device),
+                           "from": "this run"}
+        if calibration is not None:
+            say(calibration["line"])
         curve, curve_seconds = {}, {}
         for e in curve_eps:
             curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device)
+        binarized = None
+        if binarization and distributed.is_main():
+            test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
+            images = torch.cat([x for _, x, _ in batches])
+            binarized = binarization_test(model, images, eps_list[-1], names, settings, test_settings, seed=seed)
+            for line in binarization_table(binarized):
+                say(line)
 
     accuracy_by_eps = {e: {name: int(mask.sum()) / total for name, mask in robust[e].items()} for e in eps_list}
-    warnings = [record["line"] for record in calibration.values() if not record["counts_as_attack"]]
+    warnings = [] if calibration is None or calibration["counts_as_attack"] else [calibration["line"]]
     found = dict.fromkeys(itertools.chain.from_iterable(distributed.all_gather(logged)))
     warnings += [f"AutoAttack's own check, in {attack}: {message}" for attack, message in found]
     warnings += masking_warnings(accuracy_by_eps, vanishing_count / correct if correct else 0.0,
                                  {e: int(mask.sum()) / total for e, mask in curve.items()})
+    warnings += binarization_warnings(binarized)
     result = Evaluation(
-        n_images=total, eps=eps_list, attacks=names, settings=settings, seed=seed, clean=clean_mask, robust=robust,
+        n_images=total, batch_size=batch_size, eps=eps_list, attacks=names, settings=settings, seed=seed,
+        clean=clean_mask, robust=robust,
         seconds=seconds, eps_curve=curve, curve_seconds=curve_seconds, es_calibration=calibration,
+        binarization=binarized,
         vanishing_gradient_share=vanishing_count / correct if correct else 0.0, warnings=warnings, notes=notes,
         total_seconds=time.perf_counter() - started,
     )
@@ -413,6 +464,31 @@ def evaluate(
     for warning in warnings:
         say(f"warning: {warning}")
     return result
+
+
+def binarization_table(found: dict) -> list[str]:
+    """The binarization test's lines: per attack, the solvable tasks it missed."""
+    lines = [f"Binarization test (Zimmermann et al. 2022) at eps {found['eps']:g}: on {found['tested']} of "
+             f"{found['images']} images an adversarial example provably lies within eps of the modified network; "
+             f"the share each attack missed ({found['seconds_per_image']:.1f} s per image):", "",
+             "| attack | missed | share | 95% interval |", "|---|---|---|---|"]
+    for name, record in [*found["attacks"].items(), ("every attack", found["suite"])]:
+        if record["tested"]:
+            share = record["failed"] / record["tested"]
+            low, high = wilson_interval(record["failed"], record["tested"])
+            lines.append(f"| {name} | {record['failed']} / {record['tested']} | {share:.1%} | {low:.1%}-{high:.1%} |")
+    if found["left_out"]:
+        lines.append(f"\n(left out, they need a twin of the modified network: {', '.join(found['left_out'])})")
+    return lines + [""]
+
+
+def binarization_warnings(found: dict | None) -> list[str]:
+    if not found or not found["tested"]:
+        return []
+    return [f"binarization test: {name} missed {record['failed']} of {record['tested']} adversarial examples that "
+            f"provably exist ({record['failed'] / record['tested']:.0%}): too weak to trust on this model"
+            for name, record in found["attacks"].items()
+            if record["failed"] / record["tested"] > BINARIZATION_TOLERANCE]
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -524,13 +600,14 @@ def _check_range(images: torch.Tensor) -> None:
                          "the attacks clip to [0, 1] and eps is in those units; put the normalisation inside the model")
 
 
-def _clean_pass(model: nn.Module, batches) -> tuple[list[tuple[int, torch.Tensor]], int]:
+def _clean_pass(model: nn.Module, batches, gradients: bool = True) -> tuple[list[tuple[int, torch.Tensor]], int]:
     """(per batch: correctly classified images; correctly classified images whose input gradient vanishes)."""
     clean, vanishing = [], 0
     for index, images, labels in batches:
         correct = predict(model, images) == labels
         clean.append((index, correct.cpu()))
-        vanishing += int((vanishing_gradients(model, images, labels) & correct).sum())
+        if gradients:
+            vanishing += int((vanishing_gradients(model, images, labels) & correct).sum())
     return clean, vanishing
 
 

@@ -5,7 +5,7 @@ k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PG
 
     make demo                                  # = .venv/bin/python -m scripts.demo
     python -m scripts.demo --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
-        --square-queries 5000 --restarts 5 --es-steps 20 --es-samples 50 --eot-samples 8    # a bigger run (GPU)
+        --square-queries 5000 --restarts 5 --es-schedule 20x50,20x500,60x10000 --eot-samples 8    # a bigger run (GPU)
 
 The defaults fit about 20 minutes on 2 CPU cores (README, "The demo, measured"): 3,000 training images
 for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images, AutoAttack's
@@ -36,8 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--aa-iterations", type=positive_int, default=20,
                         help="AutoAttack's, and BPDA's APGD (standard: 100)")
     parser.add_argument("--square-queries", type=positive_int, default=500, help="Square's (standard: 5000)")
-    parser.add_argument("--es-steps", type=positive_int, default=10, help="es's steps")
-    parser.add_argument("--es-samples", type=positive_int, default=20, help="es's antithetic pairs per step")
+    parser.add_argument("--es-schedule", default="10x20",
+                        help="es's stages, STEPSxPAIRS (standard: 20x50,20x500,60x10000)")
     parser.add_argument("--eot-samples", type=positive_int, default=4, help="eot's draws per step")
     parser.add_argument("--landscape-steps", type=positive_int, default=21, help="landscape grid points per axis")
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run")

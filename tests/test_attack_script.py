@@ -18,8 +18,9 @@ from kwta.checkpoint import load_model
 from kwta.data import get_datasets
 
 # Cut budgets for speed; the defaults (AutoAttack's 100 iterations and 5000 queries) are tested in test_attacks.py.
-CHEAP_FLAGS = ["--pgd-steps", "5", "--restarts", "2", "--es-steps", "3", "--es-samples", "4", "--eot-samples", "2",
-               "--aa-iterations", "3", "--square-queries", "10", "--bpda-temperatures", "0.3", "--eps-curve", "none",
+CHEAP_FLAGS = ["--pgd-steps", "5", "--restarts", "2", "--es-schedule", "3x4", "--eot-samples", "2",
+               "--aa-iterations", "3", "--square-queries", "10", "--bpda-temperatures", "0.3", "--bpda-iterations", "3",
+               "--bpda-steps", "5", "--eot-steps", "5", "--eps-curve", "none",
                "--device", "cpu"]
 
 
@@ -82,11 +83,11 @@ def test_the_suite_end_to_end_with_intervals_json_table_and_csv(checkpoints, tmp
         assert any(line.startswith(f"eps 0.1: robust accuracy after {name}: {accuracy[name]:.2%} +- ")
                    for line in printed) or name == "worst_case"
     # es was calibrated on the ReLU twin, and the verdict follows from the two numbers printed
-    calibration = at_eps["es_calibration"]
-    gap = calibration["es"]["accuracy"] - calibration["pgd"]["accuracy"]
-    assert calibration["model"] == checkpoints["relu"] and calibration["counts_as_attack"] == (gap <= 0.05)
-    assert any(line.startswith("eps 0.1: es calibration on the ReLU twin: ") for line in printed)
-    assert any("too weak to count" in w for w in results["warnings"]) == (gap > 0.05)
+    calibration = results["es_calibration"]
+    assert calibration["model"] == checkpoints["relu"]
+    assert calibration["counts_as_attack"] == (calibration["pgd_in_band"] and calibration["share_of_pgds"] >= 0.9)
+    assert any(line.startswith(f"es calibration on the ReLU twin at eps {calibration['eps']:g} ") for line in printed)
+    assert any("too weak to count" in w for w in results["warnings"]) == (not calibration["counts_as_attack"])
     assert [point["eps"] for point in results["eps_curve"]] == [0.3]
 
     (row,) = parse_table(table.read_text())
@@ -116,17 +117,19 @@ def test_table_merges_runs_and_eps_list(checkpoints, tmp_path, capsys):
 def test_es_calibration_reads_the_twins_own_results(checkpoints, tmp_path, capsys):
     relu_json, kwta_json = tmp_path / "relu.json", tmp_path / "kwta.json"
     run_attack(["--checkpoint", checkpoints["relu"], "--attacks", "pgd,es", "--n-images", "6", "--out", str(relu_json)])
-    twin = json.loads(relu_json.read_text())["results"][0]
+    twin = json.loads(relu_json.read_text())["es_calibration"]
     run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "es", "--source-checkpoint", checkpoints["relu"],
                 "--twin-results", str(relu_json), "--n-images", "6", "--out", str(kwta_json)])
-    calibration = json.loads(kwta_json.read_text())["results"][0]["es_calibration"]
+    calibration = json.loads(kwta_json.read_text())["es_calibration"]
     assert calibration["from"] == str(relu_json) and calibration["model"] == checkpoints["relu"]
-    assert [calibration[name]["accuracy"] for name in ("pgd", "es")] == [twin["accuracy"][n] for n in ("pgd", "es")]
+    assert calibration["per_image"] == twin["per_image"] and calibration["eps"] == twin["eps"]
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:  # other images: the twin's figures do not apply
-        run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "es", "--source-checkpoint", checkpoints["relu"],
-                    "--twin-results", str(relu_json), "--n-images", "5"])
-    assert "its n_images differ" in str(exit_info.value.code)
+    for flags, differing in ((["--n-images", "5"], "n_images"),
+                             (["--n-images", "6", "--batch-size", "4"], "batch_size")):
+        with pytest.raises(SystemExit) as exit_info:  # other images or other batches: the twin's figures do not apply
+            run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "es", "--source-checkpoint",
+                        checkpoints["relu"], "--twin-results", str(relu_json), *flags])
+        assert f"its {differing} differ" in str(exit_info.value.code)
 
 
 def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):

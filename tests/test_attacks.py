@@ -25,10 +25,10 @@ from kwta.attacks import (
     predict,
     project_linf,
 )
-from kwta.evaluation import es_calibration, masking_warnings, plus_minus, wilson_interval
+from kwta.evaluation import calibration_record, masking_warnings, plus_minus, wilson_interval
 from kwta.modules import KWTA
 
-CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_steps=20, es_samples=40, eot_samples=4, eot_rel_sigma=1.0,
+CHEAP = AttackSettings(pgd_steps=20, pgd_restarts=2, es_schedule=((10, 20), (10, 40)), eot_samples=4, eot_rel_sigma=1.0,
                        eot_steps=20, bpda_steps=20, bpda_iterations=20, autoattack_iterations=20, square_queries=1000)
 
 
@@ -143,7 +143,8 @@ def test_attack_settings_validation_and_step_size():
     assert AttackSettings().pgd_step_size(0.1) == pytest.approx(2.5 * 0.1 / 40)
     assert AttackSettings(pgd_step=0.02).pgd_step_size(0.1) == 0.02
     assert AttackSettings(pgd_rel_stepsize=0.003).pgd_step_size(0.1) == pytest.approx(0.0003)
-    bad_settings = [(dict(pgd_step=0.01, pgd_rel_stepsize=0.003), "at most one"), (dict(es_samples=0), "es_samples"),
+    bad_settings = [(dict(pgd_step=0.01, pgd_rel_stepsize=0.003), "at most one"),
+                    (dict(es_schedule=((3, 0),)), "es_schedule"),
                     (dict(pgd_loss="hinge"), "pgd_loss"), (dict(bpda_temperatures=(0.1, 0.0)), "bpda"),
                     (dict(square_queries=0), "square_queries"), (dict(es_probe_batch=0), "es_probe_batch")]
     for bad, message in bad_settings:
@@ -304,10 +305,10 @@ def test_attack_batch_rejects_bad_requests():
 
 def test_random_attacks_are_deterministic_per_seed_and_independent_per_attack():
     model, images, labels = linear_two_class()
-    for name in ["es", "eot"]:
-        first = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=7)
-        again = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=7)
-        other = getattr(attacks, name)(model, images, labels, 0.01, steps=3, samples=4, seed=8)
+    for name, budget in [("es", dict(schedule=((3, 4),))), ("eot", dict(steps=3, samples=4))]:
+        first = getattr(attacks, name)(model, images, labels, 0.01, **budget, seed=7)
+        again = getattr(attacks, name)(model, images, labels, 0.01, **budget, seed=7)
+        other = getattr(attacks, name)(model, images, labels, 0.01, **budget, seed=8)
         assert torch.equal(first, again) and not torch.equal(first, other)
     assert torch.equal(*[attacks.pgd(model, images, labels, 0.01, seed=5) for _ in range(2)])
     # each attack draws its random start from its own stream of the batch's seed
@@ -321,15 +322,44 @@ def test_es_probes_are_evaluated_in_bounded_chunks():
     images, labels = images[:5], labels[:5]
     seen = []
     model.register_forward_hook(lambda _module, inputs, _output: seen.append(len(inputs[0])))
-    attacks.es(model, images, labels, 0.01, steps=4, samples=60, probe_batch=16)
+    attacks.es(model, images, labels, 0.01, schedule=((3, 5), (1, 60)), restarts=1, probe_batch=16)
     assert max(seen) <= 16 and sum(seen) >= 2 * 60 * len(images)  # the last step alone draws 60 pairs per image
 
 
-def test_es_calibration_verdict():
-    counts, line = es_calibration(0.06, 0.03, 0.1)
-    assert counts and "is an attack" in line
-    counts, line = es_calibration(0.31, 0.03, 0.1)
-    assert not counts and "too weak to count" in line and "28.0%" in line
+def test_es_runs_tramers_schedule_then_restarts_from_random_starts(monkeypatch):
+    """Tramer et al.'s stages by default (20 steps of 50 pairs, 20 of 500, 60 of 10,000), the step 0.01 at eps
+    0.031; the first run from the image itself, the next from a uniform random start."""
+    assert AttackSettings().es_schedule == ((20, 50), (20, 500), (60, 10000)) and AttackSettings().es_restarts == 2
+    model, images, labels = linear_two_class()
+    runs = []
+
+    def recording(model, xs, ys, eps, *, steps, step_size, start, estimate_gradient, **options):
+        runs.append((steps, step_size, (start - xs).abs().max().item()))
+        return xs.clone()  # breaks nothing: every restart runs
+
+    monkeypatch.setattr(attacks, "sign_gradient_ascent", recording)
+    attacks.es(model, images, labels, 0.031, schedule=((2, 3), (1, 7)))
+    assert [steps for steps, _, _ in runs] == [3, 3] and runs[0][1] == pytest.approx(0.01)
+    assert runs[0][2] == 0 and 0 < runs[1][2] <= 0.031 + 1e-7
+
+
+def test_es_calibration_compares_image_by_image():
+    clean = torch.tensor([True] * 10)
+    pgd = torch.tensor([False] * 5 + [True] * 5)  # PGD breaks images 0-4: 50% left, inside the band
+    record = calibration_record(0.05, clean, pgd, pgd.clone(), in_band=True)
+    assert record["counts_as_attack"] and record["share_of_pgds"] == 1.0 and "is an attack" in record["line"]
+    # es leaves as many as PGD, but on other images: the counts agree, the images do not
+    other = torch.tensor([True] * 5 + [False] * 5)
+    record = calibration_record(0.05, clean, pgd, other, in_band=True)
+    assert not record["counts_as_attack"] and record["share_of_pgds"] == 0.0 and "too weak" in record["line"]
+    # 9 of PGD's 10 breaks is enough, 8 is not
+    pgd = torch.tensor([False] * 10 + [True] * 10)
+    clean = torch.ones(20, dtype=torch.bool)
+    assert calibration_record(0.05, clean, pgd, torch.tensor([False] * 9 + [True] * 11), True)["counts_as_attack"]
+    assert not calibration_record(0.05, clean, pgd, torch.tensor([False] * 8 + [True] * 12), True)["counts_as_attack"]
+    # outside the band (PGD broke everything) the comparison says nothing
+    assert not calibration_record(0.05, clean, torch.zeros(20, dtype=torch.bool), torch.zeros(20, dtype=torch.bool),
+                                  in_band=False)["counts_as_attack"]
 
 
 # ---------------------------------------------------------------------------------------------------------

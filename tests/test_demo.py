@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "2",
-        "--restarts", "1", "--aa-iterations", "2", "--square-queries", "5", "--es-steps", "2", "--es-samples", "2",
+        "--restarts", "1", "--aa-iterations", "2", "--square-queries", "5", "--es-schedule", "2x2",
         "--eot-samples", "1", "--landscape-steps", "3", "--device", "cpu"]
 
 

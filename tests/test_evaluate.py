@@ -10,12 +10,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kwta
+import kwta.binarization
 from kwta import attacks, evaluation
 from kwta.attacks import ATTACKS, AttackSettings, register
 from kwta.data import get_datasets
 
 CHEAP = AttackSettings(pgd_steps=4, pgd_restarts=1, deepfool_steps=3, autoattack_iterations=2, square_queries=8,
-                       bpda_temperatures=(1.0,), es_steps=2, es_samples=2, eot_samples=1)
+                       bpda_temperatures=(1.0,), bpda_steps=4, bpda_iterations=2, es_schedule=((2, 2),), es_restarts=1,
+                       eot_samples=1, eot_steps=4)
 
 
 def fashion_resnet18() -> nn.Module:
@@ -114,9 +116,12 @@ def test_the_suite_leaves_transfer_out_without_a_twin_and_calibrates_es_on_a_rel
     images, labels = linear_images()
     result = kwta.evaluate(linear_model(), images, labels, eps=0.1, settings=CHEAP, eps_curve="none",
                            attacks=["pgd", "es"])
-    calibration = result.es_calibration[0.1]  # the model has no k-WTA layer: es is calibrated on it directly
-    assert calibration["pgd"]["accuracy"] == result.accuracy("pgd")
-    assert calibration["es"]["accuracy"] == result.accuracy("es")
+    calibration = result.es_calibration  # the model has no k-WTA layer: es is calibrated on it directly
+    assert calibration["from"] == "this run" and calibration["eps"] <= 0.1
+    # the eps it chose is the first of 0.1, 0.05, ... where PGD leaves 30-70%, or else the nearest to 50%
+    low, high = evaluation.ES_CALIBRATION_BAND
+    assert calibration["pgd_in_band"] == (low <= calibration["pgd"]["accuracy"] <= high)
+    assert len(calibration["per_image"]["es"]) == result.n_images
     names, notes = evaluation._attack_names("all", None)
     assert "transfer" not in names
     assert notes == ["transfer left out of the suite: no source_model (the ReLU twin) given"]
@@ -154,7 +159,7 @@ def test_the_masking_warning_follows_the_worst_case():
     images, labels = linear_images(16)
     model = nn.Sequential(Staircase(), linear_model()).eval()
     labels = model(images).argmax(dim=1)
-    settings = AttackSettings(pgd_steps=5, pgd_restarts=1, es_steps=10, es_samples=20)
+    settings = AttackSettings(pgd_steps=5, pgd_restarts=1, es_schedule=((10, 20),), es_restarts=1)
     result = kwta.evaluate(model, images, labels, eps=0.2, attacks=["pgd", "es"], settings=settings, eps_curve="none",
                            calibration_model=None)
     # PGD breaks only what its random start lands on; es's finite differences see the steps
@@ -162,3 +167,15 @@ def test_the_masking_warning_follows_the_worst_case():
     assert result.vanishing_gradient_share == 1.0
     assert any("overstates robustness" in warning for warning in result.warnings)
     assert any("input gradients vanish" in warning for warning in result.warnings)
+
+
+def test_the_binarization_test_reports_next_to_the_table_and_warns_of_a_weak_attack():
+    images, labels = linear_images(6)
+    weak = AttackSettings(pgd_steps=3, pgd_step=1e-7, pgd_restarts=1)
+    result = kwta.evaluate(linear_model(), images, labels, eps=0.1, attacks=["pgd"], settings=weak, eps_curve="none",
+                           binarization=kwta.binarization.BinarizationSettings(inner_points=99, images=4))
+    found = result.binarization
+    assert found["images"] == 4 and found["attacks"]["pgd"]["failed"] == found["tested"] > 0
+    assert "Binarization test (Zimmermann et al. 2022)" in result.to_markdown()
+    assert any(w.startswith("binarization test: pgd missed") for w in result.warnings)
+    assert result.to_dict()["binarization"]["attacks"]["pgd"]["tested"] == found["tested"]

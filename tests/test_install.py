@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_MODULES = {"__init__", "functional", "modules", "models", "data", "checkpoint", "attacks", "evaluation",
-                   "landscape", "adversarial", "distributed"}
+                   "binarization", "landscape", "adversarial", "distributed"}
 KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot"}
 
 
@@ -71,7 +71,8 @@ def test_a_fresh_venv_imports_kwta_from_outside_the_checkout_and_evaluates_a_tor
         model = torchvision.models.resnet18(num_classes=10).eval()
         assert kwta.replace_relu(model, 0.2) == 9
         result = kwta.evaluate(model, images, labels, eps=0.1, attacks=["pgd", "bpda"], eps_curve="none",
-                               settings=AttackSettings(pgd_steps=3, pgd_restarts=1, bpda_temperatures=(1.0,)))
+                               settings=AttackSettings(pgd_steps=3, pgd_restarts=1, bpda_temperatures=(1.0,),
+                                                       bpda_steps=3, bpda_iterations=2))
         print(kwta.__file__)
         print(result.to_markdown())
     """)
