@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     import kwta
     from kwta import distributed
     from kwta.attacks import AttackSanityError
+    from kwta.checkpoint import image_size
     from kwta.data import DEFAULT_EPS, get_datasets
 
     try:
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, spec, source_model, source_spec = load_networks(args, device)
         _, test_ds, _ = get_datasets(spec["dataset"], args.data_dir, download=args.download,
-                                     input_size=spec.get("input_size"), augment=False)
+                                     input_size=image_size(spec) if "arch" in spec else None, augment=False)
     except (ValueError, OSError, KeyError) as error:
         fail(error)
     if args.n_images > len(test_ds):

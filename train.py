@@ -293,8 +293,8 @@ def load_data(args: argparse.Namespace, processes: Processes) -> tuple[Dataset, 
     try:
         if args.download and not processes.is_main:
             distributed.barrier()
-        datasets = get_datasets(
-            args.dataset, args.data_dir, download=args.download, input_size=args.input_size,
+        datasets = get_datasets(  # in the data's own pixels: a network wanting another size resizes inside itself
+            args.dataset, args.data_dir, download=args.download,
             train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
         )
         if args.download and processes.is_main:
@@ -321,7 +321,7 @@ def build_network(args: argparse.Namespace, info: dict) -> tuple[torch.nn.Module
         network = build_model(
             args.arch, num_classes=info["num_classes"], in_channels=info["in_channels"], activation=args.activation,
             ratio=args.ratio, mode=args.mode, pretrained=args.pretrained, weights=args.weights, normalize=normalize,
-            stem_relu=args.stem_relu,
+            stem_relu=args.stem_relu, resize=args.input_size if args.input_size != info["input_size"] else None,
         )
         resumed = load_checkpoint(os.path.join(args.out, CHECKPOINT)) if args.resume else None
         if args.init_from and resumed is None:
@@ -574,7 +574,8 @@ def save_epoch(args, processes: Processes, info: dict, training: Training) -> No
     spec = {
         "arch": args.arch, "activation": args.activation, "ratio": row["ratio"], "mode": args.mode,
         "dataset": args.dataset, "num_classes": info["num_classes"], "in_channels": info["in_channels"],
-        "input_size": args.input_size, "mean": bare_model.normalize.mean.flatten().tolist(),
+        "input_size": args.input_size, "image_size": info["input_size"],
+        "mean": bare_model.normalize.mean.flatten().tolist(),
         "std": bare_model.normalize.std.flatten().tolist(), "stem_relu": args.stem_relu,
         "train_precision": processes.precision,
     }

@@ -325,6 +325,11 @@ def write_tables(scale: Scale, out: Path) -> list[Path]:
                   "", "The report's attacks:", "", *merged(reports), ""]
         if table:
             lines += [f"The report's protocol: {' '.join(report['protocol'])}", ""]
+            if group.arch != "resnet18-cifar":
+                lines += ["How this differs from the report: here eps applies to the data's own 32-px images (the "
+                          "network upsamples to its input size inside itself), as in the literature; the report's "
+                          "data transform upsampled first, so its eps ball held every upsampled 32-px perturbation "
+                          "and far more (49 times the dimensions at 224 px).", ""]
             lines += [f"Anomaly in the report: {text}" for text in anomalies(report, table["table"])]
             lines += [""] if anomalies(report, table["table"]) else []
         figure = out / "landscapes" / f"{group.name}.png"

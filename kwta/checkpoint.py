@@ -94,6 +94,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def image_size(spec: dict) -> int:
+    """The pixels a side of the images the model takes: the dataset's own where the model resizes them itself
+    (spec["image_size"]); older checkpoints, whose data transform resized, take input_size."""
+    return spec.get("image_size", spec["input_size"])
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a state dict saved with torch.save into `model` (also one held under "model" or "state_dict", as
     this project's checkpoints and many training scripts save it); weights_only=True runs no code from the file."""
@@ -129,6 +135,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         mode=spec["mode"],
         normalize=normalize,
         stem_relu=spec.get("stem_relu", False),
+        resize=spec["input_size"] if image_size(spec) != spec["input_size"] else None,
     )
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

@@ -1,13 +1,15 @@
 """build_model(...): the replication's networks (torchvision ResNet18 and AlexNet) and the paper's CIFAR ResNet18.
 
-Every model is `nn.Sequential(normalize, net)`: it takes images in [0, 1] and normalises them itself, so
-attacks can clip to [0, 1] and use one epsilon per dataset whatever the normalisation.
+Every model is `nn.Sequential([resize,] normalize, net)`: it takes the data's own images in [0, 1], resizes (when the
+network wants another size) and normalises them itself, so attacks clip to [0, 1] and use one epsilon per dataset,
+in the data's pixels, whatever the normalisation and the network's input size.
 """
 
 import os
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -26,6 +28,20 @@ TORCHVISION_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
 }
+
+
+class Resize(nn.Module):
+    """Bilinear (antialiased) resize to size x size pixels: part of the model, so gradients reach the data's pixels."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
 
 
 class Normalize(nn.Module):
@@ -114,6 +130,7 @@ def build_model(
     weights: str | os.PathLike | None = None,
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     stem_relu: bool = False,
+    resize: int | None = None,
 ) -> nn.Module:
     """The network `arch` with `activation` ("relu", or "kwta": every ReLU replaced), taking images in [0, 1].
 
@@ -122,6 +139,9 @@ def build_model(
     normalize: (mean, std) per input channel, applied inside the model; None leaves inputs unchanged.
     stem_relu: with activation "kwta", keep the ReLU after the first convolution, as the paper's
         resnet18-cifar does (its blocks use k-WTA, its stem ReLU); False replaces every ReLU.
+    resize: upsample the input to resize x resize pixels inside the model, before normalising (torchvision's
+        networks fine-tuned at 224 on 32-px data): the model still takes the data's own images, so an
+        attack's eps applies to those pixels, as in the literature, not to the upsampled ones.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -169,4 +189,7 @@ def build_model(
     mean, std = normalize if normalize is not None else ((0.0,) * in_channels, (1.0,) * in_channels)
     if len(mean) != in_channels:
         raise ValueError(f"normalize: mean/std need {in_channels} values (in_channels), got {len(mean)}")
-    return nn.Sequential(OrderedDict(normalize=Normalize(tuple(mean), tuple(std)), net=net))
+    if resize is not None and (not isinstance(resize, int) or resize < 1):
+        raise ValueError(f"resize: a positive number of pixels or None, got {resize!r}")
+    layers = [("resize", Resize(resize))] if resize is not None else []
+    return nn.Sequential(OrderedDict([*layers, ("normalize", Normalize(tuple(mean), tuple(std))), ("net", net)]))

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from matplotlib.ticker import MaxNLocator
 
     from experiments.figures import save_figure
-    from kwta.checkpoint import load_model
+    from kwta.checkpoint import image_size, load_model
     from kwta.data import DEFAULT_EPS, get_datasets
     from kwta.landscape import loss_landscape, roughness
 
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         for index, path in enumerate(args.checkpoints):
             model, checkpoint = load_model(path, device)
             spec = checkpoint["spec"]
-            key = (spec["dataset"], spec["input_size"])
+            key = (spec["dataset"], image_size(spec))
             if key not in test_sets:
-                test_sets[key] = get_datasets(spec["dataset"], args.data_dir, input_size=spec["input_size"],
+                test_sets[key] = get_datasets(spec["dataset"], args.data_dir, input_size=image_size(spec),
                                               augment=False)[1]
             if max(args.image_index) >= len(test_sets[key]):
                 fail(f"--image-index {max(args.image_index)}: the {spec['dataset']} test set has "

@@ -118,3 +118,27 @@ def test_load_model_rebuilds_the_network_from_the_spec(tmp_path):
     x = torch.rand(3, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_a_network_wanting_another_size_resizes_inside_itself(tmp_path):
+    """The data stays in its own pixels (eps applies there): the checkpoint records both sizes and the rebuilt
+    model takes 8-px images and upsamples them to its 16."""
+    import torch.nn.functional as F
+
+    from kwta.checkpoint import image_size
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, resize=16).eval()
+    x = torch.rand(2, 3, 8, 8)
+    upsampled = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.equal(model(x), model.net(model.normalize(upsampled)))
+    spec = {**SPEC, "arch": "resnet18", "activation": "relu", "ratio": None, "mode": "vol", "num_classes": 4,
+            "in_channels": 3, "input_size": 16, "image_size": 8}
+    save_checkpoint(tmp_path / "c.pt", {"spec": spec, "model": model.state_dict()})
+    loaded, _ = load_model(tmp_path / "c.pt")
+    assert loaded.resize.size == 16 and torch.equal(loaded(x), model(x)) and image_size(spec) == 8
+    # an older checkpoint, whose data transform resized: no resize inside, the data comes at input_size
+    old = {key: value for key, value in spec.items() if key != "image_size"}
+    assert image_size(old) == 16
+    with pytest.raises(ValueError, match="resize"):
+        build_model("resnet18", resize=0)
