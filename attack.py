@@ -30,17 +30,13 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.cli import HelpFormatter, positive_float, positive_int
+from experiments.cli import HelpFormatter, positive_float, positive_int, unit_interval
 
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32
 TWIN_KEYS = ("dataset", "in_channels", "input_size", "num_classes")
 
 
-def epsilon(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (images live in [0, 1]), got {text}")
-    return value
+epsilon = unit_interval  # an L-inf budget in the units of images in [0, 1]
 
 
 def epsilon_list(text: str) -> list[float]:

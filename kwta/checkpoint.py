@@ -72,17 +72,23 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def _load_safely(path: str | os.PathLike, argument: str, kind: str, detail: bool):
+    """torch.load with weights_only=True, on CPU: a file that would run code, or is no torch file, is a ValueError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument}: no file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler refusing code, or bytes that are no torch file at all
+        why = f"{type(error).__name__}: {error}" if detail else type(error).__name__
+        raise ValueError(f"{argument}: {path} is not {kind} ({why})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint at `path`, on CPU; a file that is not one of this project's checkpoints raises ValueError.
 
     weights_only=True never runs code from the file: a pickle that would is refused, not executed.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no file at {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler refusing code, or bytes that are no torch file at all
-        raise ValueError(f"checkpoint: {path} is not a kwta checkpoint ({type(error).__name__})") from None
+    checkpoint = _load_safely(path, "checkpoint", "a kwta checkpoint", detail=False)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path} is not a kwta checkpoint (no format={CHECKPOINT_FORMAT!r} marker)")
     version = checkpoint.get("version")
@@ -103,12 +109,7 @@ def image_size(spec: dict) -> int:
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a state dict saved with torch.save into `model` (also one held under "model" or "state_dict", as
     this project's checkpoints and many training scripts save it); weights_only=True runs no code from the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler refusing code, or bytes that are no torch file at all
-        raise ValueError(f"weights: {path} is not a torch state dict ({type(error).__name__}: {error})") from None
+    state = _load_safely(path, "weights", "a torch state dict", detail=True)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
