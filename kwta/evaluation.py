@@ -163,18 +163,23 @@ def masking_warnings(
     return warnings
 
 
-def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings, seed: int, device) -> dict:
+def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings, seed: int, device,
+                 known: dict[float, torch.Tensor] | None = None) -> dict:
     """Does es, at this budget, find what PGD finds on a ReLU network (where PGD is known to work)?
 
     At an eps where PGD leaves between ES_CALIBRATION_BAND of the images (tried from `eps` down by halves;
     where PGD already breaks nothing or everything the comparison says nothing), es must break at least
-    ES_CALIBRATION_SHARE of the images PGD breaks, image by image. Returns the record the JSON keeps.
+    ES_CALIBRATION_SHARE of the images PGD breaks, image by image. `known`: PGD's masks already measured on
+    this model with these batches, settings and seed, {eps: mask} (not run again). Returns the JSON's record.
     """
     low, high = ES_CALIBRATION_BAND
     tried = {}
     for factor in ES_CALIBRATION_FACTORS:
         calibration_eps = round(eps * factor, 6)
-        tried[calibration_eps] = _run(model, batches, calibration_eps, "pgd", settings, seed, None, device)[0]
+        if known and calibration_eps in known:
+            tried[calibration_eps] = known[calibration_eps]
+        else:
+            tried[calibration_eps] = _run(model, batches, calibration_eps, "pgd", settings, seed, None, device)[0]
         if low <= tried[calibration_eps].float().mean() <= high:
             break
     calibration_eps = min(tried, key=lambda e: abs(tried[e].float().mean().item() - 0.5))
@@ -427,7 +432,8 @@ def evaluate(
         if calibration_record is not None:
             calibration = {**calibration_record, "from": "given"}
         elif calibration_model is not None:
-            calibration = {**calibrate_es(calibration_model, batches, eps_list[-1], settings, seed, device),
+            known = {e: robust[e]["pgd"] for e in eps_list if "pgd" in names} if calibration_model is model else {}
+            calibration = {**calibrate_es(calibration_model, batches, eps_list[-1], settings, seed, device, known),
                            "from": "this run"}
         if calibration is not None:
             say(calibration["line"])
