@@ -339,6 +339,11 @@ def write_outputs(args: argparse.Namespace, result, spec: dict, calibration_path
     print(f"results: {', '.join(written)}" if written else "results: printed only (--out, --table keep them)")
 
 
+def journal_path(args: argparse.Namespace) -> str | None:
+    """OUT.journal: every finished attack of every batch, so that an interrupted run resumes (kwta.journal)."""
+    return f"{args.out}.journal" if args.out else None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.list_attacks:
@@ -350,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     from kwta.attacks import AttackSanityError
     from kwta.checkpoint import image_size
     from kwta.data import DEFAULT_EPS, get_datasets
+    from kwta.journal import process_path
 
     try:
         device = distributed.init(args.device)
@@ -378,13 +384,15 @@ def main(argv: list[str] | None = None) -> None:
             model, test_ds, eps=eps_list, attacks=args.attacks, source_model=source_model, settings=args.settings,
             eps_curve=args.eps_curve, calibration_model=calibration_model, calibration_record=calibration_record,
             n_images=args.n_images, batch_size=args.batch_size, seed=args.seed, device=device,
-            binarization=binarization_settings(args), verbose=distributed.is_main(),
+            binarization=binarization_settings(args), journal=journal_path(args), verbose=distributed.is_main(),
         )
     except AttackSanityError as error:
         fail(f"sanity check failed, no number reported: {error}")
     if distributed.is_main():
         write_outputs(args, result, spec, calibration_path, distributed.world_size(), device)
     distributed.barrier()
+    if args.out:  # the results are saved: the journal of finished attacks has served
+        Path(process_path(journal_path(args))).unlink(missing_ok=True)
     distributed.cleanup()
 
 

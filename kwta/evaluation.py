@@ -42,6 +42,7 @@ from kwta.attacks import (
 )
 from kwta.binarization import BinarizationSettings, binarization_test
 from kwta.checkpoint import atomic_write
+from kwta.journal import Journal, fingerprint, process_path
 from kwta.modules import KWTA
 
 # The binarization test: an attack missing more than this share of provably solvable tasks is too weak to trust.
@@ -164,7 +165,7 @@ def masking_warnings(
 
 
 def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings, seed: int, device,
-                 known: dict[float, torch.Tensor] | None = None) -> dict:
+                 known: dict[float, torch.Tensor] | None = None, journal: Journal | None = None) -> dict:
     """Does es, at this budget, find what PGD finds on a ReLU network (where PGD is known to work)?
 
     At an eps where PGD leaves between ES_CALIBRATION_BAND of the images (tried from `eps` down by halves;
@@ -172,6 +173,7 @@ def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings
     ES_CALIBRATION_SHARE of the images PGD breaks, image by image. `known`: PGD's masks already measured on
     this model with these batches, settings and seed, {eps: mask} (not run again). Returns the JSON's record.
     """
+    journal = journal or Journal(None)
     low, high = ES_CALIBRATION_BAND
     tried = {}
     for factor in ES_CALIBRATION_FACTORS:
@@ -179,12 +181,13 @@ def calibrate_es(model: nn.Module, batches, eps: float, settings: AttackSettings
         if known and calibration_eps in known:
             tried[calibration_eps] = known[calibration_eps]
         else:
-            tried[calibration_eps] = _run(model, batches, calibration_eps, "pgd", settings, seed, None, device)[0]
+            tried[calibration_eps] = _run(model, batches, calibration_eps, "pgd", settings, seed, None, device,
+                                          journal, "calibration")[0]
         if low <= tried[calibration_eps].float().mean() <= high:
             break
     calibration_eps = min(tried, key=lambda e: abs(tried[e].float().mean().item() - 0.5))
     pgd_mask = tried[calibration_eps]
-    es_mask = _run(model, batches, calibration_eps, "es", settings, seed, None, device)[0]
+    es_mask = _run(model, batches, calibration_eps, "es", settings, seed, None, device, journal, "calibration")[0]
     clean = _gathered(_clean_pass(model, batches, gradients=False)[0])
     return calibration_record(calibration_eps, clean, pgd_mask, es_mask, in_band=low <= pgd_mask.float().mean() <= high)
 
@@ -365,6 +368,7 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str | None = None,
     binarization: BinarizationSettings | bool = False,
+    journal: str | os.PathLike | None = None,
     verbose: bool = False,
 ) -> Evaluation:
     """Evaluate `model` (any nn.Module mapping images in [0, 1] to logits) under L-inf attacks.
@@ -383,6 +387,9 @@ def evaluate(
     binarization: run the binarization test (kwta.binarization) at the largest eps with every attack too: True
         for its defaults on every image, or BinarizationSettings (e.g. images=200); under torchrun, on the
         main process's images.
+    journal: a file where every finished attack of every batch is appended (kwta.journal): an interrupted
+        evaluate, called again with the same journal, model, images and settings, resumes where it stopped
+        and gives the same result. It is left in place (delete it once the result is saved).
     The model is put in eval mode with its parameters frozen while it runs, and restored after.
     """
     started = time.perf_counter()
@@ -411,7 +418,14 @@ def evaluate(
         raise ValueError("images_or_loader: no images to evaluate")
     say = print if verbose and distributed.is_main() else (lambda *_: None)
 
-    with _frozen(model), _frozen(source_model), _frozen(calibration_model), autoattack_checks() as logged:
+    journal = None if journal is None else process_path(journal)
+    evaluation = fingerprint(
+        models=(model, source_model, calibration_model if isinstance(calibration_model, nn.Module) else None),
+        batches=batches, eps=eps_list, attacks=names, curve=curve_eps, settings=asdict(settings), seed=seed,
+        batch_size=batch_size, calibration_record=calibration_record) if journal is not None else ""
+
+    with (_frozen(model), _frozen(source_model), _frozen(calibration_model), autoattack_checks() as logged,
+          Journal(journal, say).open(evaluation, logged) as units):
         clean, vanishing = _clean_pass(model, batches)
         clean_mask = _gathered(clean)
         vanishing_count = int(sum(distributed.all_reduce_sum([int(vanishing)], device)))
@@ -423,7 +437,7 @@ def evaluate(
         for e in eps_list:
             robust[e], seconds[e] = {}, {}
             for name in names:
-                masks, seconds[e][name] = _run(model, batches, e, name, settings, seed, source_model, device)
+                masks, seconds[e][name] = _run(model, batches, e, name, settings, seed, source_model, device, units)
                 robust[e][name] = masks
                 say(f"eps {e:g}: robust accuracy after {name}: {_describe_mask(masks)}, {seconds[e][name]:.1f} s")
             robust[e]["worst_case"] = worst_case({"clean": clean_mask, **robust[e]})
@@ -433,13 +447,13 @@ def evaluate(
             calibration = {**calibration_record, "from": "given"}
         elif calibration_model is not None:
             known = {e: robust[e]["pgd"] for e in eps_list if "pgd" in names} if calibration_model is model else {}
-            calibration = {**calibrate_es(calibration_model, batches, eps_list[-1], settings, seed, device, known),
-                           "from": "this run"}
+            calibration = {**calibrate_es(calibration_model, batches, eps_list[-1], settings, seed, device, known,
+                                          units), "from": "this run"}
         if calibration is not None:
             say(calibration["line"])
         curve, curve_seconds = {}, {}
         for e in curve_eps:
-            curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device)
+            curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device, units, "curve")
         binarized = None
         if binarization and distributed.is_main():
             test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
@@ -623,12 +637,19 @@ def _gathered(parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     return torch.cat([mask for _, mask in everyone]) if everyone else torch.zeros(0, dtype=torch.bool)
 
 
-def _run(model, batches, eps, name, settings, seed, source_model, device) -> tuple[torch.Tensor, float]:
-    """One attack over every batch: (the per-image robust mask over all processes, seconds summed over them)."""
+def _run(model, batches, eps, name, settings, seed, source_model, device, journal: Journal | None = None,
+         tag: str = "suite") -> tuple[torch.Tensor, float]:
+    """One attack over every batch: (the per-image robust mask over all processes, seconds summed over them).
+
+    Each batch is one unit of the journal, keyed by `tag` (which model and why), attack, eps and batch index."""
+    journal = journal or Journal(None)
     parts, seconds = [], 0.0
     for index, images, labels in batches:
-        robust, batch_seconds = attack_batch(model, images, labels, eps, [name], settings, source_model=source_model,
-                                             seed=batch_seed(seed, index))
-        parts.append((index, robust[name].cpu()))
-        seconds += batch_seconds[name]
+        def attack(images=images, labels=labels, index=index) -> tuple[torch.Tensor, float]:
+            robust, batch_seconds = attack_batch(model, images, labels, eps, [name], settings,
+                                                 source_model=source_model, seed=batch_seed(seed, index))
+            return robust[name].cpu(), batch_seconds[name]
+        mask, batch_seconds = journal.unit(f"{tag}/{name}/{eps:g}/{index}", attack)
+        parts.append((index, mask))
+        seconds += batch_seconds
     return _gathered(parts), distributed.all_reduce_sum([seconds], device)[0]

@@ -13,6 +13,7 @@ import torchvision
 import attack
 import train
 from experiments.tables import TABLE_COLUMNS, parse_table
+from kwta import evaluation
 from kwta.attacks import ATTACKS, TABLE_SUITE
 from kwta.checkpoint import load_model
 from kwta.data import get_datasets
@@ -150,6 +151,31 @@ def test_same_numbers_again_and_under_torchrun(checkpoints, tmp_path):
     assert results[0]["results"][0]["accuracy"] == results[2]["results"][0]["accuracy"]
     assert results[0]["results"][0]["interval"] == results[2]["results"][0]["interval"]
     assert results[0]["per_image"] == results[2]["per_image"]  # gathered from both processes, in image order
+    assert not list(tmp_path.glob("*.journal*"))  # each process's journal, deleted once the results were saved
+
+
+def test_an_interrupted_run_resumes_from_its_journal(checkpoints, tmp_path, monkeypatch):
+    """Killed after two batches, attack.py keeps OUT.journal; run again, it attacks only the rest."""
+    flags = ["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--n-images", "7", "--batch-size", "3"]
+    run_attack(flags + ["--out", str(tmp_path / "whole.json")])
+    calls, real = [], evaluation.attack_batch
+
+    def attack_batch(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(evaluation, "attack_batch", attack_batch)
+    out = tmp_path / "resumed.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(flags + ["--out", str(out)])
+    assert not out.exists() and len((tmp_path / "resumed.json.journal").read_text().splitlines()) == 1 + 2
+    calls.clear()
+    monkeypatch.setattr(evaluation, "attack_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_attack(flags + ["--out", str(out)])
+    assert len(calls) == 1 and not (tmp_path / "resumed.json.journal").exists()
+    whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
+    assert resumed["per_image"] == whole["per_image"] and resumed["results"][0]["count"] == whole["results"][0]["count"]
 
 
 def test_a_model_train_py_did_not_make(tmp_path, capsys):
