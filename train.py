@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # --help answers before torch is imported: every phase import
 # Flags a resumed run must share with the run that wrote the checkpoint, or it would not be a continuation.
 RESUME_MUST_MATCH = ("arch", "dataset", "activation", "ratio", "mode", "ratio_schedule", "input_size", "pretrained",
                      "batch_size", "seed", "train_subset", "adv_train", "adv_eps", "adv_alpha", "adv_steps",
-                     "trades_beta", "stem_relu", "init_from", "precision")
+                     "trades_beta", "stem_relu", "init_from", "precision", "schedule")
 # Optimiser settings a checkpoint carries in its optimizer and scheduler state: resuming keeps the saved ones.
 RESUME_KEEPS = ("lr", "milestones", "weight_decay")
 ADV_TRAINING = ("pgd", "trades")
@@ -108,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=positive_int, help="epochs to train (default: 80; 10 with --pretrained)")
     optim.add_argument("--lr", type=float, help="SGD's learning rate (default: 0.1; 0.01 with --pretrained)")
+    optim.add_argument("--schedule", choices=("step", "onecycle"), default="step",
+                       help="lr schedule: step (x0.1 at each --milestones epoch, the replication's) or onecycle "
+                            "(warm up to --lr over the first 30%% of the steps, then cosine down, every batch)")
     optim.add_argument("--milestones", type=positive_int, nargs="*", metavar="EPOCH",
-                       help="epochs where lr drops 10x (default: 50; none with --pretrained)")
+                       help="epochs where lr drops 10x under --schedule step (default: 50; none with --pretrained)")
     optim.add_argument("--batch-size", type=positive_int, default=32, help="per process")
     optim.add_argument("--weight-decay", type=float, help="SGD's weight decay (default: 0)")
     optim.add_argument("--adv-train", nargs="?", const="pgd", choices=ADV_TRAINING,
@@ -132,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seeds the weights, subsets, data order, augmentation and "
                                                          "PGD starts")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    run.add_argument("--channels-last", action="store_true",
+                     help="train in channels-last memory format (always on CUDA; on a CPU, python -m bench.training "
+                          "says whether it pays)")
+    run.add_argument("--compile", action="store_true", help="train through torch.compile (the saved, tested and "
+                                                            "attacked network stays the eager one)")
     run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="training arithmetic: bf16 autocast (auto on CUDA) or fp32 (auto on CPU); test accuracy "
                      "is always measured in fp32, the precision attack.py attacks in")
@@ -233,6 +241,7 @@ class Training:
     model: torch.nn.Module  # what the optimiser trains through: bare_model, or its DDP wrapper under torchrun
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_batch: bool  # the scheduler steps after every batch (onecycle), else after every epoch
     epochs_done: int
     history: list[dict]  # one row of metrics per epoch done (on rank 0)
 
@@ -255,7 +264,7 @@ def setup_processes(args: argparse.Namespace) -> Processes:
     torch.backends.cudnn.benchmark = on_cuda
     return Processes(
         device=device, rank=distributed.rank(), world_size=distributed.world_size(), is_main=distributed.is_main(),
-        memory_format=torch.channels_last if on_cuda else torch.contiguous_format,
+        memory_format=torch.channels_last if on_cuda or args.channels_last else torch.contiguous_format,
         precision="bf16" if args.precision == "bf16" or (args.precision == "auto" and on_cuda) else "fp32",
     )
 
@@ -351,6 +360,9 @@ def check_continuation(args: argparse.Namespace, resumed: dict) -> None:
         then, now = resumed["args"].get(key), vars(args)[key]
         if key in resumed["args"] and then != now:  # a key absent from an older checkpoint is not checked
             fail(f"--resume: {checkpoint_path} was trained with --{key.replace('_', '-')} {then}, not {now}")
+    if args.schedule == "onecycle" and resumed["args"].get("epochs", args.epochs) != args.epochs:
+        fail(f"--resume: {checkpoint_path} runs one cycle over {resumed['args']['epochs']} epochs, not {args.epochs}: "
+             "a cycle cannot be stretched once begun")
     for key in RESUME_KEEPS:
         then = resumed["args"].get(key, vars(args)[key])
         if key in args.given and vars(args)[key] != then:
@@ -359,7 +371,7 @@ def check_continuation(args: argparse.Namespace, resumed: dict) -> None:
         vars(args)[key] = then
 
 
-def start_training(args: argparse.Namespace, processes: Processes, info: dict) -> Training:
+def start_training(args: argparse.Namespace, processes: Processes, info: dict, steps_per_epoch: int) -> Training:
     """The network on its device, its optimiser and lr schedule, fresh or where --resume's checkpoint left them."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
@@ -370,9 +382,16 @@ def start_training(args: argparse.Namespace, processes: Processes, info: dict) -
     if processes.world_size > 1:
         device_ids = [processes.device.index] if processes.device.type == "cuda" else None
         model = DistributedDataParallel(bare_model, device_ids=device_ids)
+    if args.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-    training = Training(bare_model, model, optimizer, scheduler, epochs_done=0, history=[])
+    if args.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
+                                                        total_steps=args.epochs * steps_per_epoch, pct_start=0.3)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
+    training = Training(bare_model, model, optimizer, scheduler, per_batch=args.schedule == "onecycle",
+                        epochs_done=0, history=[])
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
@@ -464,7 +483,8 @@ def run_epoch(args, processes: Processes, training: Training, loaders: Loaders, 
     loaders.sampler.set_epoch(epoch)
     lr = training.optimizer.param_groups[0]["lr"]
     loss_sum, correct, seen = train_steps(args, processes, training, loaders.train, epoch)
-    training.scheduler.step()
+    if not training.per_batch:
+        training.scheduler.step()
     train_loss, train_correct, train_seen = distributed.all_reduce_sum(
         [loss_sum.item(), correct.item(), seen], processes.device)
     train_seconds = time.perf_counter() - epoch_start
@@ -497,6 +517,8 @@ def train_steps(args, processes: Processes, training: Training, loader: DataLoad
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         training.optimizer.step()
+        if training.per_batch:
+            training.scheduler.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
@@ -621,8 +643,8 @@ def main(argv: list[str] | None = None) -> None:
     processes = setup_processes(args)
     check_out(args, processes)
     train_ds, test_ds, info = load_data(args, processes)
-    training = start_training(args, processes, info)
     loaders = make_loaders(args, processes, train_ds, test_ds)
+    training = start_training(args, processes, info, len(loaders.train))
     if processes.is_main:
         prepare_out(args)
         announce(args, processes, train_ds, test_ds, training)

@@ -288,3 +288,35 @@ def test_a_wrong_name_is_refused_with_the_names(tmp_path, capsys):
         main(["--arch", "vgg16", "--out", str(tmp_path)])
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert raised.value.code == 2 and "--arch" in message and "'resnet18-cifar'" in message
+
+
+def test_onecycle_in_channels_last_resumes_exactly_and_refuses_a_stretched_cycle(tmp_path, monkeypatch):
+    """--schedule onecycle steps the lr every batch: a run killed after its first epoch's checkpoint and resumed
+    ends bit for bit where the straight run does; changing --epochs on resume is refused."""
+    import train as train_module
+
+    flags = [*TINY_RUN, "--epochs", "2", "--schedule", "onecycle", "--channels-last"]
+    straight = train(*flags, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "straight")
+    assert metrics[0]["lr"] == pytest.approx(0.02 / 25) and 0 < metrics[1]["lr"] < 0.02  # warm-up, then down
+
+    real_save = train_module.save_epoch
+
+    def save_then_die(args, processes, info, training):
+        real_save(args, processes, info, training)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(train_module, "save_epoch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main([*flags, "--out", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train_module, "save_epoch", real_save)
+    main([*flags, "--out", str(tmp_path / "resumed"), "--resume"])
+    first, second = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "resumed"))
+    for name, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][name]), name
+    assert first["scheduler"]["_step_count"] == second["scheduler"]["_step_count"]
+
+    stretched = train(*TINY_RUN, "--epochs", "3", "--schedule", "onecycle", "--channels-last",
+                      "--out", str(tmp_path / "resumed"), "--resume")
+    assert stretched.returncode != 0 and "a cycle cannot be stretched once begun" in stretched.stderr
