@@ -228,3 +228,17 @@ def test_bad_arguments_exit_with_a_usage_error(argv):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
     assert exit_info.value.code == 2
+
+
+def test_the_training_benchmark_prints_one_row_per_configuration(capsys):
+    from bench import training
+
+    training.main(["--configurations", "fp32", "channels-last", "bf16", "--batch-sizes", "2", "3", "--steps", "1",
+                   "--activations", "kwta"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and "threads, torch" in lines[0]
+    rows = [line.split(" | ") for line in lines[3:]]
+    names = [row[1] for row in rows]
+    expected = ["fp32", "channels-last", *(["bf16"] if training.native_bf16() else []), "fp32, batch 3"]
+    assert names == expected and rows[0][4] == "1.00x"
+    assert all(float(row[3]) > 0 for row in rows)

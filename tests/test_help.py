@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "matplotlib", "numba")
 MODULES = ["scripts.demo", "scripts.paper", "scripts.gpu_check", "plots.landscape", "plots.fit1d", "plots.curves",
-           "plots.bench", "bench"]
+           "plots.bench", "bench", "bench.training"]
 FILES = ["train.py", "attack.py"]
 WRAPPER = """
 import json, runpy, sys
