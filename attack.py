@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="PGD alone at these budgets too, the masking check (auto: 0.5, 2, 4, 8 x eps)")
     target.add_argument("--binarization", type=positive_int, metavar="N",
                         help="also run the binarization test (were the attacks strong enough?) on the first N images")
+    target.add_argument("--binarization-attacks", metavar="LIST",
+                        help="the attacks the binarization test runs: all (the suite) or names (default: --attacks)")
     target.add_argument("--binarization-inner", type=positive_int, default=999,
                         help="the binarization test's inner points per image (the paper's 999)")
     images = parser.add_argument_group("images")
@@ -173,19 +175,29 @@ def check_suite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """--attacks against the registry, and the settings against AttackSettings (torch is imported from here on)."""
     from kwta.attacks import ATTACKS, AttackSettings
 
+    def attack_list(text: str, option: str) -> list[str] | str:
+        names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+        if text.strip() == "all":
+            return "all"
+        if not names or any(name not in ATTACKS for name in names):
+            parser.error(f"{option}: choose from {','.join(ATTACKS)} or all, got {text!r}")
+        return names
+
     has_twin = bool(args.source_checkpoint or args.source_model)
-    names = [part.strip() for part in args.attacks.split(",") if part.strip()]
-    unknown = [name for name in names if name not in ATTACKS]
-    if args.attacks.strip() != "all" and (unknown or not names):
-        parser.error(f"--attacks: choose from {','.join(ATTACKS)} or all, got {args.attacks!r}")
+    chosen = attack_list(args.attacks, "--attacks")
+    names = [] if chosen == "all" else chosen
+    if args.binarization_attacks is not None:
+        if args.binarization is None:
+            parser.error("--binarization-attacks chooses the binarization test's attacks: give --binarization N too")
+        args.binarization_attacks = attack_list(args.binarization_attacks, "--binarization-attacks")
     if args.attacks.strip() != "all" and "transfer" in names and not has_twin:
         parser.error("the transfer attack needs --source-checkpoint (or leave transfer out of --attacks)")
-    suite = args.attacks.strip() == "all"
+    suite = chosen == "all"
     if has_twin and not suite and not {"transfer", "es"} & set(names):
         parser.error("the twin is used by transfer and es's calibration, which --attacks leaves out")
     if args.twin_results and not (args.source_checkpoint and (suite or "es" in names)):
         parser.error("--twin-results calibrates es on --source-checkpoint: give both, and es in --attacks")
-    args.attacks = "all" if suite else list(dict.fromkeys(names))
+    args.attacks = chosen
     try:
         args.settings = AttackSettings(
             pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, pgd_rel_stepsize=args.pgd_rel_stepsize,
@@ -295,7 +307,9 @@ def binarization_settings(args: argparse.Namespace):
 
     if args.binarization is None:
         return False
-    return BinarizationSettings(inner_points=args.binarization_inner, images=args.binarization)
+    attacks = args.binarization_attacks if args.binarization_attacks in (None, "all") else \
+        tuple(args.binarization_attacks)
+    return BinarizationSettings(inner_points=args.binarization_inner, images=args.binarization, attacks=attacks)
 
 
 def row_label(spec: dict) -> str:

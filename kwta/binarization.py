@@ -43,6 +43,7 @@ class BinarizationSettings:
     inner_radius: float = 0.95  # times eps: the inner points stay clear of the eps-sphere
     closeness: float = 0.9999  # how far the boundary moves towards the boundary point
     images: int | None = None  # the first N evaluated images (default: all)
+    attacks: str | tuple[str, ...] | None = None  # "all" (the suite) or names; default: the evaluation's attacks
     feature_batch: int = 256  # inner points per forward pass
 
     def __post_init__(self):

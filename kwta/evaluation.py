@@ -458,7 +458,8 @@ def evaluate(
         if binarization and distributed.is_main():
             test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
             images = torch.cat([x for _, x, _ in batches])
-            binarized = binarization_test(model, images, eps_list[-1], names, settings, test_settings, seed=seed)
+            tested = names if test_settings.attacks is None else _attack_names(test_settings.attacks, None)[0]
+            binarized = binarization_test(model, images, eps_list[-1], tested, settings, test_settings, seed=seed)
             for line in binarization_table(binarized):
                 say(line)
 

@@ -216,6 +216,8 @@ def test_list_attacks_prints_the_registry(capsys):
     [
         (["--checkpoint", "no/such/checkpoint.pt"], "no file"),
         (["--attacks", "fgsm"], "choose from"),
+        (["--binarization", "4", "--binarization-attacks", "fgsm"], "--binarization-attacks: choose from"),
+        (["--binarization-attacks", "pgd"], "give --binarization N too"),
         (["--attacks", "transfer"], "needs --source-checkpoint"),
         (["--attacks", "pgd", "--source-checkpoint", "x.pt"], "leaves out"),
         (["--bpda-temperatures", "0.1,0"], "must be > 0"),

@@ -179,3 +179,14 @@ def test_the_binarization_test_reports_next_to_the_table_and_warns_of_a_weak_att
     assert "Binarization test (Zimmermann et al. 2022)" in result.to_markdown()
     assert any(w.startswith("binarization test: pgd missed") for w in result.warnings)
     assert result.to_dict()["binarization"]["attacks"]["pgd"]["tested"] == found["tested"]
+
+
+def test_the_binarization_test_runs_the_attacks_it_is_given():
+    """BinarizationSettings(attacks=...): the test's own attacks, whatever the table ran ("all": the suite, less
+    what needs a twin)."""
+    images, labels = linear_images(4)
+    cheap = AttackSettings(pgd_steps=3, pgd_restarts=1, eot_samples=1, eot_steps=3)
+    test = kwta.binarization.BinarizationSettings(inner_points=19, images=2, attacks=("pgd", "eot"))
+    result = kwta.evaluate(linear_model(), images, labels, eps=0.1, attacks=["pgd"], settings=cheap,
+                           eps_curve="none", binarization=test)
+    assert result.attacks == ["pgd"] and list(result.binarization["attacks"]) == ["pgd", "eot"]
