@@ -88,6 +88,7 @@ class Journal:
             os.replace(self.path, self.path + ".stale")
             self._print(f"journal: {self.path} belongs to another evaluation (other model, images or settings); "
                         f"set aside as {self.path}.stale")
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._file = open(self.path, "w")
         self._write({"format": JOURNAL_FORMAT, "fingerprint": fingerprint_})
         return self

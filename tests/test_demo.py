@@ -1,5 +1,7 @@
-"""`make demo` end to end on a tiny budget: every step runs, the summary is written, a re-run reuses it all."""
+"""The Fashion-MNIST pipelines end to end on tiny budgets: `make demo` and `make results` each run every step,
+write their summary and reuse it all on a re-run; the results' summary can be rewritten from its files alone."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +12,26 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "2",
         "--restarts", "1", "--aa-iterations", "2", "--square-queries", "5", "--es-schedule", "2x2",
         "--eot-samples", "1", "--landscape-steps", "3", "--device", "cpu"]
+SLICE = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "3",
+         "--check-images", "2", "--attack-batch-size", "2", "--cut", "2", "--es-schedule", "2x2",
+         "--binarization-attacks", "pgd,bpda", "--landscape-steps", "3", "--device", "cpu"]
+needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                         reason="needs dataset-fashion-mnist")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
-def test_demo_runs_every_step_and_reuses_them(tmp_path):
-    command = [sys.executable, "-m", "scripts.demo", "--out", str(tmp_path), *TINY]
+def run_twice(module: str, out: Path, flags: list[str], steps: int) -> list[str]:
+    """Run the pipeline, then again: the second run must reuse all `steps`. Returns the command line."""
+    command = [sys.executable, "-m", module, "--out", str(out), *flags]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "[run]" not in second.stdout and second.stdout.count("[done]") == steps
+    return command
+
+
+@needs_fashion_mnist
+def test_demo_runs_every_step_and_reuses_them(tmp_path):
+    run_twice("scripts.demo", tmp_path, TINY, steps=8)
     summary = (tmp_path / "summary.md").read_text()
     for row in ("| ReLU |", "| k-WTA-0.2 |", "| k-WTA-0.1 |"):
         assert row in summary
@@ -28,5 +43,27 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     for figure in ("landscape.png", "landscape.npz", "curves.png"):
         assert (tmp_path / figure).stat().st_size > 0
 
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "[run]" not in second.stdout and second.stdout.count("[done]") == 8
+
+def tables(summary: str) -> str:
+    """The summary less its first lines (when it was written, how long it took)."""
+    return summary.split("## Robust accuracy", 1)[1]
+
+
+@needs_fashion_mnist
+def test_the_results_pipeline_on_a_slice(tmp_path):
+    command = run_twice("scripts.results", tmp_path, SLICE, steps=11)
+    summary = (tmp_path / "summary.md").read_text()
+    header = "| Activation | A_std | PGD | AutoAttack | Square | BPDA | EOT | Transfer | Worst case |"
+    assert header in summary
+    assert summary.count("Beyond the intervals? ") == 3  # PGD against the worst case, per model
+    assert summary.count("the worst case with es") == 3 and "es calibration on the ReLU twin" in summary
+    assert summary.count("Binarization test (Zimmermann et al. 2022)") == 3 and "| bpda |" in summary
+    assert "| Activation | test accuracy | 95% interval | test images | epochs | seconds per epoch |" in summary
+    trained = json.loads((tmp_path / "runs" / "relu" / "summary.json").read_text())
+    assert trained["args"]["schedule"] == "onecycle" and trained["train_images"] == 64
+
+    for run in ("relu", "kwta-0.2", "kwta-0.1"):  # what stays out of git
+        (tmp_path / "runs" / run / "checkpoint.pt").unlink()
+    again = subprocess.run([*command, "--summary-only"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "[run]" not in again.stdout
+    assert tables((tmp_path / "summary.md").read_text()) == tables(summary)

@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "matplotlib", "numba")
-MODULES = ["scripts.demo", "scripts.paper", "scripts.gpu_check", "plots.landscape", "plots.fit1d", "plots.curves",
-           "plots.bench", "bench", "bench.training"]
+MODULES = ["scripts.demo", "scripts.results", "scripts.paper", "scripts.gpu_check", "plots.landscape", "plots.fit1d",
+           "plots.curves", "plots.bench", "bench", "bench.training"]
 FILES = ["train.py", "attack.py"]
 WRAPPER = """
 import json, runpy, sys

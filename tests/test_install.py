@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_MODULES = {"__init__", "functional", "modules", "models", "data", "checkpoint", "attacks", "evaluation",
-                   "binarization", "landscape", "adversarial", "distributed"}
+                   "journal", "binarization", "landscape", "adversarial", "distributed"}
 KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot"}
 
 

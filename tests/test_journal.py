@@ -70,7 +70,7 @@ def test_an_interrupted_evaluation_resumes_and_gives_the_uninterrupted_result(tm
     units = len(whole)  # 3 batches x (4 attacks + the curve's PGD)
     assert units == 15
 
-    journal = tmp_path / "eval.journal"
+    journal = tmp_path / "not" / "yet" / "eval.journal"  # its folder is made
     finished = counting_attack_batch(monkeypatch, stop_after=7)
     with pytest.raises(Interrupt):
         run(model, journal)
