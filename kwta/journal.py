@@ -4,7 +4,8 @@ A full-strength evaluation runs for hours on a CPU. `kwta.evaluate(..., journal=
 per finished unit (an attack at one eps on one batch: its per-image robust mask, its seconds and what
 AutoAttack's checks logged meanwhile) and flushes it to disk. Run again with the same journal and every
 finished unit is read back instead of attacked; the figures come out as an uninterrupted run's, because
-every random draw is seeded per batch and attack.
+every random draw is seeded per batch and attack. (The binarization test, run after the table, is not
+journaled: an interruption there reruns it whole.)
 
 The first line is the evaluation's fingerprint: a hash of the model's (and the twin's) weights, of the images
 and labels, and of every setting that changes a figure. A journal written by another evaluation is set
