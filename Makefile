@@ -31,12 +31,15 @@ setup: $(STAMP)
 		apt-get update && apt-get install -y dataset-fashion-mnist; \
 	fi
 
-# The pinned set, then this checkout as an editable install (kwta, and kernels/ as kwta.kernels).
-$(STAMP): requirements.txt pyproject.toml
+# The pinned set, then this checkout as an editable install (kwta, and kernels/ as kwta.kernels), then the
+# oldest Triton the kernels support in a folder of its own: tests/test_aot.py compiles every kernel with it too.
+TRITON_OLDEST := 3.6.0
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --upgrade --target .venv/triton-$(TRITON_OLDEST) triton==$(TRITON_OLDEST)
 	touch $(STAMP)
 
 test: setup

@@ -1,7 +1,9 @@
 """Compile every Triton kernel specialization the launchers make, ahead of time, for real GPUs.
 
-    python -m kwta.kernels.aot               # the table: kernel, dtype, constexprs, arch, registers, smem, spills
+    python -m kwta.kernels.aot               # per specialization: registers, smem, spills, SASS per element;
+                                             # then the traffic of one call (kernels/cost.py)
     python -m kwta.kernels.aot --arch 80 90 --json results/aot.json
+    PYTHONPATH=.venv/triton-3.6.0 python -m kwta.kernels.aot   # the same with the oldest supported Triton
 
 No GPU is needed, but TRITON_INTERPRET must be unset: the interpreter runs code the GPU compiler
 rejects (a plain module global read inside a kernel, for one), so tests passing on CPU prove nothing
@@ -11,7 +13,9 @@ kernel's `run` replaced by a recorder that launches nothing. Triton's own binder
 call into the specialization a GPU launch would compile (signature, constexprs, the 16-byte alignment
 and divisibility attributes of pointers and integers, num_warps); each distinct one is compiled with
 `triton.compile` for a `GPUTarget` per architecture, and the ptxas that ships inside Triton (-v, the
-flags Triton itself passes) reports registers, spills and static shared memory. A new kernel, launch
+flags Triton itself passes) reports registers, spills and static shared memory; the cuobjdump beside it
+disassembles the cubin, whose SASS instructions per element (every thread runs the loop-free program on
+its tile / (32 * num_warps) elements) is the static cost that tests/test_aot.py holds to budgets. A new kernel, launch
 path or constexpr is covered without anyone adding it to a list.
 """
 
@@ -64,6 +68,14 @@ class Compiled:
     stack_frame: int
     static_smem: int  # bytes ptxas reports (static shared memory)
     shared: int  # bytes of dynamic shared memory Triton's launch asks for
+    instructions: int  # SASS instructions in the cubin (cuobjdump -sass), NOPs left out
+    elements: int  # elements one program handles (its BLOCK or CHUNK constexpr)
+
+    @property
+    def per_element(self) -> float:
+        """SASS instructions a thread executes per element it holds: every thread runs the whole (loop-free)
+        program on elements / (32 * num_warps) elements of the tile."""
+        return self.instructions * 32 * self.num_warps / self.elements
 
 
 def _kernels(module) -> dict[str, JITFunction]:
@@ -124,6 +136,23 @@ def _ptxas_report(ptx: str, capability: int) -> dict[str, int]:
     }
 
 
+SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+([A-Z][A-Z0-9_.]*)", re.MULTILINE)
+
+
+def sass_instructions(cubin: bytes) -> int:
+    """The SASS instructions in a cubin, by the cuobjdump that ships inside Triton; NOPs (padding) left out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/kernel.cubin"
+        with open(path, "wb") as file:
+            file.write(cubin)
+        sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", path], check=True, capture_output=True,
+                              text=True).stdout
+    opcodes = SASS_LINE.findall(sass)
+    if not opcodes:
+        raise RuntimeError(f"cuobjdump printed no SASS:\n{sass[:2000]}")
+    return sum(op != "NOP" for op in opcodes)
+
+
 def _compile_one(job: tuple) -> Compiled:
     """Compile one specialization (runs in a worker process: the kernel is looked up by module and name)."""
     module_name, kernel_name, arch, signature, constexprs, attrs, options = job
@@ -131,11 +160,13 @@ def _compile_one(job: tuple) -> Compiled:
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                               options=options)
     pointer_types = [v[1:] for v in signature.values() if v.startswith("*") and v[1:] in ("fp32", "fp16", "bf16")]
+    names = {kernel.arg_names[path[0]]: value for path, value in constexprs.items()}
     return Compiled(
         kernel=kernel_name, dtype=pointer_types[0] if pointer_types else "-",
         constexprs=" ".join(f"{kernel.arg_names[path[0]]}={value}" for path, value in constexprs.items()),
         attrs=" ".join(kernel.arg_names[path[0]] for path, value in attrs.items() if value),
         arch=arch, num_warps=compiled.metadata.num_warps, shared=compiled.metadata.shared,
+        instructions=sass_instructions(compiled.asm["cubin"]), elements=names.get("BLOCK", names.get("CHUNK", 1)),
         **_ptxas_report(compiled.asm["ptx"], arch),
     )
 
@@ -193,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="compute capabilities (80 90)")
     parser.add_argument("--json", help="write the table as JSON here too")
+    parser.add_argument("--no-traffic", action="store_true",
+                        help="leave out the counted traffic (kernels/cost.py, run under the interpreter)")
     args = parser.parse_args(argv)
     from . import triton_kwta
 
@@ -201,19 +234,27 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as error:
         sys.exit(f"kwta.kernels.aot: error: {error}")
     results = compile_launches(launches, args.arch)
-    header = f"{'kernel':24} {'dtype':5} {'arch':>4} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7}  constexprs"
+    print(f"Triton {triton.__version__}")
+    header = (f"{'kernel':24} {'dtype':5} {'arch':>4} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7} "
+              f"{'SASS':>6} {'/elem':>6}  constexprs")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r.kernel:24} {r.dtype:5} {'sm_' + str(r.arch):>4} {r.num_warps:>5} {r.registers:>4} "
-              f"{r.spill_stores + r.spill_loads:>7} {r.shared + r.static_smem:>7}  {r.constexprs}"
+              f"{r.spill_stores + r.spill_loads:>7} {r.shared + r.static_smem:>7} {r.instructions:>6} "
+              f"{r.per_element:>6.2f}  {r.constexprs}"
               + (f"  [16-divisible: {r.attrs}]" if r.attrs else ""))
     spilled = [r for r in results if r.spill_stores or r.spill_loads or r.stack_frame]
     print(f"{len(results)} specializations from {len(launches)} launches compiled for "
           + ", ".join(f"sm_{a}" for a in args.arch) + f"; {len(spilled)} spill registers or use a stack frame")
+    if not args.no_traffic:  # counted under the interpreter, which must be set before triton is imported
+        print("\nTraffic of one call, counted under the interpreter (python -m kwta.kernels.cost):", flush=True)
+        subprocess.run([sys.executable, "-m", "kwta.kernels.cost"], env=os.environ | {"TRITON_INTERPRET": "1"},
+                       check=True)
     if args.json:
         with open(args.json, "w") as file:
-            json.dump([asdict(r) for r in results], file, indent=1)
+            json.dump({"triton": triton.__version__,
+                       "compiled": [asdict(r) | {"per_element": r.per_element} for r in results]}, file, indent=1)
     sys.exit(1 if spilled else 0)
 
 

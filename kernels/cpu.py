@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from .reference import mask_bytes
+
 # dtype -> (integer view of the same width, bits of +inf)
 _FORMATS = {
     torch.float16: (torch.int16, 0x7C00),
@@ -388,13 +390,13 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 
 def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-WTA of each row of a contiguous 2-D CPU tensor: (y, winner_bits of shape (rows, ceil(N/8)))."""
+    """k-WTA of each row of a contiguous 2-D CPU tensor: (y, the winner mask, (rows, mask_bytes(N)) bytes)."""
     n_rows, n = rows.shape
     inf = _FORMATS[rows.dtype][1]
     key_bits = 8 * rows.element_size()
     abs_mask = (1 << (key_bits - 1)) - 1
     y = torch.empty_like(rows)
-    winner_bits = torch.empty((n_rows, (n + 7) // 8), dtype=torch.uint8)
+    winner_bits = torch.zeros((n_rows, mask_bytes(n)), dtype=torch.uint8)  # the padding stays zero
     x_bits, y_bits, packed = _bits(rows), _bits(y), winner_bits.numpy()
     threads = _threads(rows)
     if threads == 1:

@@ -7,6 +7,9 @@ Semantics (docs/operator.md, "Exact semantics"):
   threshold  t = the k-th largest value of the row, NaN ordered above +inf (as torch.topk does).
   winners    isnan(x) | (x >= t): ties at t all win, +0.0 == -0.0, NaN always propagates.
   output     y = x on winners, +0.0 elsewhere.  grad_x = grad_y on winners, 0 elsewhere.
+  mask       what the cpu and triton backends save for the backward: (rows, mask_bytes(N)) uint8, bit i % 8
+             of byte i // 8 set for each winner i of a row, each row padded with zero bytes to whole
+             32-bit words (so a kernel can set bits with 32-bit atomics); 1/8 byte per element.
 """
 
 import math
@@ -15,6 +18,11 @@ import torch
 
 MODES = ("vol", "channel")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def mask_bytes(n: int) -> int:
+    """Bytes of one row's winner mask: N bits, rounded up to whole 32-bit words."""
+    return 4 * ((n + 31) // 32)
 
 
 def check_input(x: torch.Tensor, mode: str) -> None:

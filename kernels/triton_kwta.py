@@ -11,29 +11,42 @@ is the k-th largest key of the row, found digit by digit, most significant first
 Each pass histograms one digit of the remaining candidates, and the bin that holds the k-th largest
 becomes the next prefix. Widened 16-bit floats have ten zero low bits, so two passes decide them.
 Then winners = key >= T (ties at T and NaN all win), y = x on winners and +0.0 elsewhere, and one bit
-per element (bit i % 8 of byte i // 8) records the winners for the backward.
+per element (bit i % 32 of int32 word i // 32, rows padded to whole words: kernels/reference.py's mask
+layout) records the winners for the backward.
 
 Two forward paths, both free of host synchronisation (no .item(), grid sizes depend on shapes only),
 so the op can be captured in CUDA graphs:
   * rows of N <= TILE: one program per row holds the row in registers for every pass.
-    Bytes moved per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
-  * longer rows: each row is split into chunks of TILE over a 2-D grid. One launch per pass adds each
-    chunk's histogram into a per-row global histogram with atomics (every program re-derives the
-    prefix from the earlier passes' histograms), and a last launch writes y and the mask.
-    Bytes per element: (passes + 1) reads of x, write y, 1/8 mask -> (passes + 2) * itemsize + 0.125;
-    on a GPU the re-reads of a batch that fits L2 (H100: 50 MB) mostly hit it.
+    Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
+  * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
+    takes a ticket from a per-row counter after its own work, and the program that draws the last one
+    finishes the row for all of them (no program waits for another, so co-residency is never assumed):
+      1. each chunk adds its pass-0 histogram into the row's (relaxed atomics: nothing reads it before the
+         ticket); the last one picks the bin and leaves (prefix, k_left), two ints, for launch 2;
+      2. each chunk writes y and the mask bits of every element pass 0 already decides (above or below the
+         chosen bin) and appends the rest, the chosen bin's few percent, to the row's candidate list (raw
+         bits and position); the last one runs the remaining passes over that list and writes the
+         candidates' y and mask bits (32-bit atomic OR).
+    Bytes per element: two reads of x, write y, 1/8 mask -> 3 * itemsize + 0.125, plus the candidates'
+    list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
+    in atomics; no program re-reads another's histogram. The per-row scratch (histogram, tickets, cursor,
+    state: STATE_WORDS int32) is left all zero by every call, so it is allocated once per device and
+    stream and no memset precedes a call (under CUDA-graph capture each call zeroes its own, a memset node).
+    kernels/cost.py counts all of this from the launches themselves.
 Backward: read grad_y and the 1/8-byte mask, write grad_x -> 2 * itemsize + 0.125 bytes per element.
 All offsets are int64, so tensors past 2**31 elements stay correct.
 
 Resources per program, as ptxas reports them for every specialization the launchers make on sm_80 and
-sm_90 (`python -m kwta.kernels.aot`; tests/test_aot.py fails on any spill):
-    kernel                 warps  registers/thread         shared memory      spills
-    _kwta_row_kernel       4      48-128 (BLOCK 128-2048)  8 KiB (histogram)  0
-    _kwta_row_kernel       8      80-128 (BLOCK 4096)      8 KiB              0
-    _kwta_hist_kernel      8      28-71                    8 KiB              0
-    _kwta_mask_kernel      8      47-106                   64-512 B           0
-    _kwta_backward_kernel  8      14-59                    0                  0
-One warp would hold 64 histogram bins per thread: 254 registers at BLOCK 512, hence four warps at least.
+sm_90 (`python -m kwta.kernels.aot`, with the pinned Triton and with PYTHONPATH=.venv/triton-3.6.0;
+tests/test_aot.py fails on any spill), and SASS instructions per element (static, per thread over the
+elements it holds; the split kernels' count includes the last program's finishing code):
+RESOURCE_TABLE
+
+Triton features used: tl.histogram, scalar atomics with sem= (relaxed, acq_rel), atomic_or, cache_modifier
+".cg", tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported
+(what torch 2.11 brings). Triton 3.6 lowers tl.histogram by warp ballots and popcounts, about bins / 32
+instructions per element, where 3.8 issues one shared-memory atomic per element: on 3.6 every kernel
+that histograms costs several times more per element (the table).
 
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
@@ -50,6 +63,8 @@ MIN_BLOCK = 128  # one element per thread of the four warps the one-program path
 # A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
 # globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
 BINS = tl.constexpr(2048)
+LAST_BINS = tl.constexpr(1024)  # the 10-bit digit of float32's pass 2
+CANDIDATE_BLOCK = 1024  # candidates the split path's last program narrows per step
 
 
 @triton.jit
@@ -103,23 +118,28 @@ def _select_bin(hist, k_left, BINS: tl.constexpr):
 
 
 @triton.jit
-def _threshold_key(prefix, NUM_PASSES: tl.constexpr):
-    if NUM_PASSES == 2:
-        return prefix * 1024  # 16-bit floats: the last ten key bits are zero
-    return prefix
+def _histogram_select(digit, mask, k_left, NUM_BINS: tl.constexpr):
+    return _select_bin(tl.histogram(digit, NUM_BINS, mask=mask), k_left, NUM_BINS)
 
 
 @triton.jit
-def _write_winners(x, key, threshold, in_row, y_ptrs, bits_ptrs, bytes_in_row, BLOCK: tl.constexpr):
-    winners = in_row & (key >= threshold)
-    tl.store(y_ptrs, tl.where(winners, x, 0.0), mask=in_row)
-    shifts = tl.arange(0, 8)[None, :]
-    packed = tl.sum(tl.reshape(winners.to(tl.int32), (BLOCK // 8, 8)) << shifts, 1)
-    tl.store(bits_ptrs, packed.to(tl.uint8), mask=bytes_in_row)
+def _threshold_key(prefix, NUM_PASSES: tl.constexpr):
+    if NUM_PASSES == 2:
+        threshold = prefix * 1024  # 16-bit floats: the last ten key bits are zero
+    else:
+        threshold = prefix
+    return threshold
+
+
+@triton.jit
+def _pack_words(winners, BLOCK: tl.constexpr):
+    """Bit i % 32 of word i // 32 for each element i of a BLOCK (a multiple of 32): the mask's int32 words."""
+    shifts = tl.arange(0, 32)[None, :]
+    return tl.sum(tl.reshape(winners.to(tl.int32), (BLOCK // 32, 32)) << shifts, 1)
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_row_kernel(x_ptr, y_ptr, bits_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
+def _kwta_row_kernel(x_ptr, y_ptr, words_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
     in_row = offsets < n
@@ -129,65 +149,151 @@ def _kwta_row_kernel(x_ptr, y_ptr, bits_ptr, n, k, BLOCK: tl.constexpr, NUM_PASS
     k_left = k
     for p in tl.static_range(NUM_PASSES):
         candidates = in_row & _is_candidate(key, prefix, p)
-        hist = tl.histogram(_digit(key, p), BINS, mask=candidates)
-        chosen_bin, k_left = _select_bin(hist, k_left, BINS)
+        if p == 2:
+            chosen_bin, k_left = _histogram_select(_digit(key, p), candidates, k_left, LAST_BINS)
+        else:
+            chosen_bin, k_left = _histogram_select(_digit(key, p), candidates, k_left, BINS)
         prefix = _descend(prefix, chosen_bin, p)
-    n_bytes = (n + 7) // 8
-    byte_offsets = tl.arange(0, BLOCK // 8)
-    _write_winners(
-        x, key, _threshold_key(prefix, NUM_PASSES), in_row, y_ptr + row * n + offsets,
-        bits_ptr + row * n_bytes + byte_offsets, byte_offsets < n_bytes, BLOCK,
-    )
+    winners = in_row & (key >= _threshold_key(prefix, NUM_PASSES))
+    tl.store(y_ptr + row * n + offsets, tl.where(winners, x, 0.0), mask=in_row)
+    n_words = (n + 31) // 32
+    word_offsets = tl.arange(0, BLOCK // 32)
+    tl.store(words_ptr + row * n_words + word_offsets, _pack_words(winners, BLOCK), mask=word_offsets < n_words)
 
 
-@triton.jit
-def _prefix_from_hist(hist_row_ptr, k, PASSES_DONE: tl.constexpr):
-    """Replay the bin choices of the passes already merged into this row's global histograms."""
-    prefix = 0
-    k_left = k
-    bins = tl.arange(0, BINS)
-    for p in tl.static_range(PASSES_DONE):
-        hist = tl.load(hist_row_ptr + p * BINS + bins)
-        chosen_bin, k_left = _select_bin(hist, k_left, BINS)
-        prefix = _descend(prefix, chosen_bin, p)
-    return prefix
+# The split path's per-row scratch (int32), left all zero by every call for the next one: the pass-0
+# histogram, two tickets, the candidate count, then the (prefix, k_left) state the first launch leaves.
+TICKET_0 = tl.constexpr(2048)
+TICKET_1 = tl.constexpr(2049)
+CURSOR = tl.constexpr(2050)
+PREFIX = tl.constexpr(2051)
+K_LEFT = tl.constexpr(2052)
+STATE_WORDS = tl.constexpr(2056)  # a multiple of 8 (32-byte rows)
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_hist_kernel(x_ptr, hist_ptr, n, k, PASS: tl.constexpr, NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr):
+def _kwta_split_hist_kernel(x_ptr, state_ptr, n, k, CHUNK: tl.constexpr):
+    """Pass 0 of a long row: each chunk adds its histogram to the row's; the last chunk to finish picks the bin."""
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     in_row = offsets < n
     key = _order_key(tl.load(x_ptr + row * n + offsets, mask=in_row, other=0.0))
-    hist_row_ptr = hist_ptr + row * NUM_PASSES * BINS
-    prefix = _prefix_from_hist(hist_row_ptr, k, PASS)
-    hist = tl.histogram(_digit(key, PASS), BINS, mask=in_row & _is_candidate(key, prefix, PASS))
-    tl.atomic_add(hist_row_ptr + PASS * BINS + tl.arange(0, BINS), hist, mask=hist > 0)
+    state = state_ptr + row * STATE_WORDS
+    bins = tl.arange(0, BINS)
+    hist = tl.histogram(_digit(key, 0), BINS, mask=in_row)
+    # relaxed: nothing reads the histogram before the ticket below says every chunk has added to it
+    tl.atomic_add(state + bins, hist, mask=hist > 0, sem="relaxed")
+    tl.debug_barrier()  # every thread's adds, then one release: the ticket
+    ticket = tl.atomic_add(state + TICKET_0, 1, sem="acq_rel")
+    if ticket == tl.num_programs(1) - 1:
+        total = tl.load(state + bins, cache_modifier=".cg")
+        chosen_bin, k_left = _select_bin(total, k, BINS)
+        tl.store(state + PREFIX, _descend(0, chosen_bin, 0))
+        tl.store(state + K_LEFT, k_left)
+        tl.store(state + bins, tl.zeros([BINS], tl.int32))
+        tl.store(state + TICKET_0, 0)
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_mask_kernel(x_ptr, y_ptr, bits_ptr, hist_ptr, n, k, NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1).to(tl.int64)
-    offsets = chunk * CHUNK + tl.arange(0, CHUNK)
-    in_row = offsets < n
-    x = tl.load(x_ptr + row * n + offsets, mask=in_row, other=0.0)
-    prefix = _prefix_from_hist(hist_ptr + row * NUM_PASSES * BINS, k, NUM_PASSES)
-    n_bytes = (n + 7) // 8
-    byte_offsets = chunk * (CHUNK // 8) + tl.arange(0, CHUNK // 8)
-    _write_winners(
-        x, _order_key(x), _threshold_key(prefix, NUM_PASSES), in_row, y_ptr + row * n + offsets,
-        bits_ptr + row * n_bytes + byte_offsets, byte_offsets < n_bytes, CHUNK,
-    )
-
-
-@triton.jit
-def _kwta_backward_kernel(grad_y_ptr, bits_ptr, grad_x_ptr, n, CHUNK: tl.constexpr):
+def _kwta_split_mask_kernel(x_ptr, y_ptr, words_ptr, state_ptr, cand_bits_ptr, cand_pos_ptr, n,
+                            NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Every element pass 0 decides gets its y and mask bit; the rest (the chosen bin's) are appended to the
+    row's candidate list, which the last chunk to finish narrows with the remaining passes and writes."""
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     in_row = offsets < n
-    packed = tl.load(bits_ptr + row * ((n + 7) // 8) + offsets // 8, mask=in_row, other=0)
-    winners = ((packed.to(tl.int32) >> (offsets % 8).to(tl.int32)) & 1) != 0
+    state = state_ptr + row * STATE_WORDS
+    prefix = tl.load(state + PREFIX)
+    x = tl.load(x_ptr + row * n + offsets, mask=in_row, other=0.0)
+    key = _order_key(x)
+    top = key >> 21
+    winners = in_row & (top > prefix)
+    undecided = in_row & (top == prefix)
+    tl.store(y_ptr + row * n + offsets, tl.where(winners, x, 0.0), mask=in_row & ~undecided)
+    n_words = (n + 31) // 32
+    words = words_ptr + row * n_words
+    word_offsets = tl.program_id(1).to(tl.int64) * (CHUNK // 32) + tl.arange(0, CHUNK // 32)
+    tl.store(words + word_offsets, _pack_words(winners, CHUNK), mask=word_offsets < n_words)
+    # Append the undecided: this chunk's slots start where the row's cursor stood.
+    slot = tl.atomic_add(state + CURSOR, tl.sum(undecided.to(tl.int32), 0), sem="relaxed")
+    slot += tl.cumsum(undecided.to(tl.int32), 0) - 1
+    tl.store(cand_bits_ptr + row * n + slot, _raw_bits(x), mask=undecided)
+    tl.store(cand_pos_ptr + row * n + slot, offsets.to(tl.int32), mask=undecided)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(state + TICKET_1, 1, sem="acq_rel")
+    if ticket == tl.num_programs(1) - 1:
+        count = tl.load(state + CURSOR, cache_modifier=".cg")
+        k_left = tl.load(state + K_LEFT)
+        _narrow_and_write(y_ptr + row * n, words, cand_bits_ptr + row * n, cand_pos_ptr + row * n, count, prefix,
+                          k_left, NUM_PASSES, BLOCK_C)
+        tl.store(state + CURSOR, 0)
+        tl.store(state + TICKET_1, 0)
+
+
+@triton.jit
+def _raw_bits(x):
+    """x's own bits in an int32 (16-bit floats in the low half): kept as they are, NaN payloads included."""
+    if x.dtype == tl.float32:
+        bits = x.to(tl.int32, bitcast=True)
+    else:
+        bits = x.to(tl.int16, bitcast=True).to(tl.int32)
+    return bits
+
+
+@triton.jit
+def _from_raw_bits(bits, DTYPE: tl.constexpr):
+    if DTYPE == tl.float32:
+        x = bits.to(tl.float32, bitcast=True)
+    else:
+        x = bits.to(tl.int16).to(DTYPE, bitcast=True)
+    return x
+
+
+@triton.jit
+def _candidate_keys(cand_bits, start, lanes, count, DTYPE: tl.constexpr):
+    valid = start + lanes < count
+    x = _from_raw_bits(tl.load(cand_bits + start + lanes, mask=valid, other=0, cache_modifier=".cg"), DTYPE)
+    return x, _order_key(x), valid
+
+
+@triton.jit
+def _narrow(cand_bits, count, prefix, k_left, PASS: tl.constexpr, NUM_BINS: tl.constexpr, DTYPE: tl.constexpr,
+            BLOCK_C: tl.constexpr):
+    """One later pass over a row's `count` candidates: (the new prefix, k_left)."""
+    lanes = tl.arange(0, BLOCK_C)
+    hist = tl.zeros([NUM_BINS], tl.int32)
+    for start in range(0, count, BLOCK_C):
+        _, key, valid = _candidate_keys(cand_bits, start, lanes, count, DTYPE)
+        hist += tl.histogram(_digit(key, PASS), NUM_BINS, mask=valid & _is_candidate(key, prefix, PASS))
+    chosen_bin, k_left = _select_bin(hist, k_left, NUM_BINS)
+    return _descend(prefix, chosen_bin, PASS), k_left
+
+
+@triton.jit
+def _narrow_and_write(y_row, words, cand_bits, cand_pos, count, prefix, k_left, NUM_PASSES: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """Passes 1.. over a row's `count` candidates (their bits and positions), then their y and mask bits."""
+    dtype = y_row.dtype.element_ty
+    prefix, k_left = _narrow(cand_bits, count, prefix, k_left, 1, BINS, dtype, BLOCK_C)
+    if NUM_PASSES == 3:
+        prefix, k_left = _narrow(cand_bits, count, prefix, k_left, 2, LAST_BINS, dtype, BLOCK_C)
+    threshold = _threshold_key(prefix, NUM_PASSES)
+    lanes = tl.arange(0, BLOCK_C)
+    for start in range(0, count, BLOCK_C):
+        x, key, valid = _candidate_keys(cand_bits, start, lanes, count, dtype)
+        position = tl.load(cand_pos + start + lanes, mask=valid, other=0, cache_modifier=".cg")
+        winners = valid & (key >= threshold)
+        tl.store(y_row + position, tl.where(winners, x, 0.0), mask=valid)
+        tl.atomic_or(words + (position >> 5), 1 << (position & 31), mask=winners, sem="relaxed")
+
+
+@triton.jit
+def _kwta_backward_kernel(grad_y_ptr, words_ptr, grad_x_ptr, n, CHUNK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offsets = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    in_row = offsets < n
+    packed = tl.load(words_ptr + row * ((n + 31) // 32) + offsets // 32, mask=in_row, other=0)
+    winners = ((packed >> (offsets % 32).to(tl.int32)) & 1) != 0
     grad_y = tl.load(grad_y_ptr + row * n + offsets, mask=in_row, other=0.0)
     tl.store(grad_x_ptr + row * n + offsets, tl.where(winners, grad_y, 0.0), mask=in_row)
 
@@ -196,25 +302,46 @@ def _num_passes(dtype: torch.dtype) -> int:
     return 3 if dtype == torch.float32 else 2
 
 
+_states: dict[tuple, torch.Tensor] = {}  # (device, stream) -> the split path's scratch, all zero between calls
+
+
+def _state(n_rows: int, device: torch.device) -> torch.Tensor:
+    """The split path's per-row scratch: every call leaves it zero, so it is allocated (and zeroed) once per
+    device and stream and grows as needed. Under CUDA-graph capture each call gets its own zeroed buffer
+    (a memset node in the graph), so replays never share one with eager calls."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros((n_rows, STATE_WORDS.value), dtype=torch.int32, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    state = _states.get((device, stream))
+    if state is None or state.shape[0] < n_rows:
+        state = _states[(device, stream)] = torch.zeros((n_rows, STATE_WORDS.value), dtype=torch.int32, device=device)
+    return state
+
+
 def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-WTA of each row of a contiguous 2-D tensor: (y, winner_bits of shape (rows, ceil(N / 8)))."""
+    """k-WTA of each row of a contiguous 2-D tensor: (y, the winner mask, (rows, mask_bytes(N)) bytes)."""
     n_rows, n = rows.shape
     y = torch.empty_like(rows)
-    winner_bits = torch.empty((n_rows, (n + 7) // 8), dtype=torch.uint8, device=rows.device)
+    words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)
     num_passes = _num_passes(rows.dtype)
     if n <= TILE:
         # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes
         # 254 registers per thread (BLOCK 512, ptxas); over four, 72-127 up to BLOCK 2048.
         block = max(triton.next_power_of_2(n), MIN_BLOCK)
-        _kwta_row_kernel[(n_rows,)](rows, y, winner_bits, n, k, BLOCK=block, NUM_PASSES=num_passes,
+        _kwta_row_kernel[(n_rows,)](rows, y, words, n, k, BLOCK=block, NUM_PASSES=num_passes,
                                     num_warps=4 if block <= 2048 else 8)
-        return y, winner_bits
+        return y, words.view(torch.uint8)
     grid = (n_rows, triton.cdiv(n, TILE))
-    hist = torch.zeros((n_rows, num_passes, BINS.value), dtype=torch.int32, device=rows.device)
-    for p in range(num_passes):
-        _kwta_hist_kernel[grid](rows, hist, n, k, PASS=p, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)
-    _kwta_mask_kernel[grid](rows, y, winner_bits, hist, n, k, NUM_PASSES=num_passes, CHUNK=TILE, num_warps=8)
-    return y, winner_bits
+    state = _state(n_rows, rows.device)
+    candidates = torch.empty((2, n_rows, n), dtype=torch.int32, device=rows.device)  # bits, positions
+    try:
+        _kwta_split_hist_kernel[grid](rows, state, n, k, CHUNK=TILE, num_warps=8)
+        _kwta_split_mask_kernel[grid](rows, y, words, state, candidates[0], candidates[1], n, NUM_PASSES=num_passes,
+                                      CHUNK=TILE, BLOCK_C=CANDIDATE_BLOCK, num_warps=8)
+    except BaseException:
+        _states.clear()  # a launch that failed part-way may leave its scratch dirty
+        raise
+    return y, words.view(torch.uint8)
 
 
 def kwta_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
@@ -222,5 +349,5 @@ def kwta_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tens
     n_rows, n = grad_y.shape
     grad_x = torch.empty_like(grad_y)
     grid = (n_rows, triton.cdiv(n, TILE))
-    _kwta_backward_kernel[grid](grad_y, winner_bits, grad_x, n, CHUNK=TILE, num_warps=8)
+    _kwta_backward_kernel[grid](grad_y, winner_bits.view(torch.int32), grad_x, n, CHUNK=TILE, num_warps=8)
     return grad_x

@@ -1,10 +1,10 @@
 """`kwta(x, ratio, ...)`: backend dispatch, the torch.library ops and the autograd.Function.
 
-The cpu and triton backends return y and a bit-packed winner mask of shape (rows, ceil(N / 8)), bit
-i % 8 of byte i // 8 for element i of a row; the backward reads only that mask (0.125 bytes saved
-per element, against 4 for ReLU's saved output). Both are registered as torch.library custom ops
-with fake (meta) implementations, so torch.compile traces a k-WTA network in one graph; eager calls
-go to the kernels directly.
+The cpu and triton backends return y and a bit-packed winner mask of shape (rows, mask_bytes(N)), bit
+i % 8 of byte i // 8 for element i of a row, rows padded to whole 32-bit words; the backward reads only
+that mask (0.125 bytes saved per element, against 4 for ReLU's saved output). Both are registered as
+torch.library custom ops with fake (meta) implementations, so torch.compile traces a k-WTA network in
+one graph; eager calls go to the kernels directly.
 
 `surrogate_temperature` switches the backward to a smooth stand-in (BPDA, Athalye, Carlini, Wagner
 2018): the forward stays the exact k-WTA, bit for bit, while the gradient is that of
@@ -19,14 +19,14 @@ import os
 import torch
 
 from kwta.kernels import cpu
-from kwta.kernels.reference import check_input, kwta_reference, resolve_k, row_shape
+from kwta.kernels.reference import check_input, kwta_reference, mask_bytes, resolve_k, row_shape
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _mask_like(rows: torch.Tensor) -> torch.Tensor:
-    return rows.new_empty((rows.shape[0], (rows.shape[1] + 7) // 8), dtype=torch.uint8)
+    return rows.new_empty((rows.shape[0], mask_bytes(rows.shape[1])), dtype=torch.uint8)
 
 
 @torch.library.custom_op("kwta::cpu_forward", mutates_args=())

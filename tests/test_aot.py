@@ -20,26 +20,62 @@ def compiler_env() -> dict:
     return env
 
 
-def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills(tmp_path):
-    table = tmp_path / "aot.json"
-    done = subprocess.run([sys.executable, "-m", "kwta.kernels.aot", "--json", str(table)], cwd=ROOT,
-                          env=compiler_env(), capture_output=True, text=True, timeout=900)
+# The pinned Triton (requirements.txt) and the oldest one the kernels support, which `make setup` installs
+# beside it (the Makefile's TRITON_OLDEST): torch 2.11 brings Triton 3.6, so users have both.
+OLDEST = "3.6.0"
+TRITON_PATHS = {"pinned": None, OLDEST: ROOT / ".venv" / f"triton-{OLDEST}"}
+
+
+@pytest.fixture(scope="module", params=list(TRITON_PATHS))
+def compiled(request, tmp_path_factory):
+    """Every launcher specialization compiled for sm_80 and sm_90 by one Triton version: (version, rows, stdout)."""
+    folder = TRITON_PATHS[request.param]
+    env = compiler_env()
+    if folder is not None:
+        assert (folder / "triton").is_dir(), f"Triton {request.param} is not installed in {folder}: run make setup"
+        env["PYTHONPATH"] = f"{folder}{os.pathsep}{ROOT}"
+    table = tmp_path_factory.mktemp("aot") / "aot.json"
+    done = subprocess.run([sys.executable, "-m", "kwta.kernels.aot", "--no-traffic", "--json", str(table)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(table.read_text())
+    report = json.loads(table.read_text())
+    if folder is not None:
+        assert report["triton"] == request.param
+    return report["triton"], report["compiled"], done.stdout
+
+
+def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills(compiled):
+    version, results, stdout = compiled
     for arch in (80, 90):
         for dtype in ("fp32", "fp16", "bf16"):
             kernels = {r["kernel"] for r in results if r["arch"] == arch and r["dtype"] == dtype}
-            assert kernels == {"_kwta_row_kernel", "_kwta_hist_kernel", "_kwta_mask_kernel",
-                               "_kwta_backward_kernel"}, (arch, dtype)
-        passes = {r["constexprs"] for r in results if r["arch"] == arch and r["kernel"] == "_kwta_hist_kernel"}
-        assert {c.split()[0] for c in passes} == {"PASS=0", "PASS=1", "PASS=2"}
+            assert kernels == {"_kwta_row_kernel", "_kwta_split_hist_kernel", "_kwta_split_mask_kernel",
+                               "_kwta_backward_kernel"}, (version, arch, dtype)
+        passes = {r["constexprs"] for r in results if r["arch"] == arch and r["kernel"] == "_kwta_split_mask_kernel"}
+        assert {c.split()[0] for c in passes} == {"NUM_PASSES=2", "NUM_PASSES=3"}
         blocks = {c.split("BLOCK=")[1].split()[0] for r in results if r["arch"] == arch
                   and r["kernel"] == "_kwta_row_kernel" for c in [r["constexprs"]]}
         assert blocks == {"128", "256", "512", "1024", "2048", "4096"}
     for r in results:
-        assert 0 < r["registers"] <= 255, r
-        assert r["spill_stores"] == r["spill_loads"] == r["stack_frame"] == 0, r
-    assert "0 spill registers" in done.stdout
+        assert 0 < r["registers"] <= 255, (version, r)
+        assert r["spill_stores"] == r["spill_loads"] == r["stack_frame"] == 0, (version, r)
+    assert f"Triton {version}" in stdout and "0 spill registers" in stdout
+
+
+def test_sass_instructions_per_element_stay_within_their_budgets(compiled):
+    """kernels/cost.py's SASS_BUDGETS: per kernel and Triton version, the most instructions per element of
+    any specialization on sm_90."""
+    from kwta.kernels.cost import SASS_BUDGETS
+
+    version, results, _ = compiled
+    budgets = SASS_BUDGETS["3.6" if version.startswith("3.6") else "pinned"]
+    worst = {}
+    for r in results:
+        if r["arch"] == 90:
+            worst[r["kernel"]] = max(worst.get(r["kernel"], 0), r["per_element"])
+    assert set(worst) == set(budgets), (version, worst)
+    over = {kernel: round(value, 1) for kernel, value in worst.items() if value > budgets[kernel]}
+    assert not over, f"Triton {version}: SASS instructions per element over budget: {over} (budgets {budgets})"
 
 
 def test_the_check_catches_what_only_the_interpreter_accepts(tmp_path):

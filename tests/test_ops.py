@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from kwta.kernels import cpu, triton_kwta
-from kwta.kernels.reference import kwta_reference, resolve_k, row_shape, winner_mask
+from kwta.kernels.reference import kwta_reference, mask_bytes, resolve_k, row_shape, winner_mask
 
 from kwta import KWTA, kwta, replace_relu
 from kwta.functional import resolve_backend
@@ -129,6 +129,31 @@ def test_triton_split_rows_match_reference(monkeypatch, dtype, tile):
     check_against_reference(special_values((2, 5, 7, 11), dtype, seed=3), "triton", ratio=0.25)
 
 
+def test_triton_split_path_hands_its_scratch_on_clean(monkeypatch):
+    """Each call leaves the split path's per-row histogram, tickets and cursor zero, so the next call (other
+    rows, other k, fewer rows than before) needs no memset; a call that fails part-way drops the scratch."""
+    monkeypatch.setattr(triton_kwta, "TILE", 128)
+    monkeypatch.setattr(triton_kwta, "_states", {})
+    generator = torch.Generator().manual_seed(0)
+    for n_rows, n, k in ((4, 1000, 300), (2, 700, 1), (4, 1000, 1000), (3, 129, 64)):
+        check_against_reference(torch.randn(n_rows, n, generator=generator), "triton", k=k)
+        (state,) = triton_kwta._states.values()
+        handed_on = state[:, : triton_kwta.CURSOR.value + 1]  # the histogram, both tickets, the cursor
+        assert state.shape[0] == 4 and not handed_on.any(), (n_rows, n, k)
+
+    class FailingLaunch:  # the second launch fails after the first has filled the histogram
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("launch failed")
+
+            return launch
+
+    monkeypatch.setattr(triton_kwta, "_kwta_split_mask_kernel", FailingLaunch())
+    with pytest.raises(RuntimeError, match="launch failed"):
+        triton_kwta.kwta_forward(torch.randn(2, 1000), 10)
+    assert triton_kwta._states == {}
+
+
 @pytest.mark.parametrize("n", [4096, 4097, 9000])
 def test_triton_default_tile_boundary(n):
     x = torch.randn(2, n, generator=torch.Generator().manual_seed(n))
@@ -191,7 +216,8 @@ def test_cpu_float64_and_backends_share_one_mask_format():
     _, triton_bits = torch.ops.kwta.triton_forward(rows.to(device_for("triton")), 20)
     expected = winner_mask(rows, k=20)
     unpacked = (cpu_bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    assert torch.equal(unpacked.view(4, -1)[:, :77].bool(), expected)
+    assert cpu_bits.shape == (4, mask_bytes(77)) == (4, 12)  # 77 bits in three 32-bit words
+    assert torch.equal(unpacked.view(4, -1)[:, :77].bool(), expected) and not unpacked.view(4, -1)[:, 77:].any()
     assert torch.equal(cpu_bits, triton_bits.cpu())
 
 
