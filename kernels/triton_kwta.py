@@ -11,12 +11,12 @@ is the k-th largest key of the row, found digit by digit, most significant first
 Each pass histograms one digit of the remaining candidates, and the bin that holds the k-th largest
 becomes the next prefix. Widened 16-bit floats have ten zero low bits, so two passes decide them.
 Then winners = key >= T (ties at T and NaN all win), y = x on winners and +0.0 elsewhere, and one bit
-per element (bit i % 32 of int32 word i // 32, rows padded to whole words: kernels/reference.py's mask
+per element (bit i % 8 of byte i // 8, rows padded to whole 32-bit words: kernels/reference.py's mask
 layout) records the winners for the backward.
 
 Two forward paths, both free of host synchronisation (no .item(), grid sizes depend on shapes only),
 so the op can be captured in CUDA graphs:
-  * rows of N <= TILE: one program per row holds the row in registers for every pass.
+  * rows of N <= ROW_MAX (2048): one program per row holds the row in registers for every pass.
     Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
   * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
     takes a ticket from a per-row counter after its own work, and the program that draws the last one
@@ -31,7 +31,8 @@ so the op can be captured in CUDA graphs:
     list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
     in atomics; no program re-reads another's histogram. The per-row scratch (histogram, tickets, cursor,
     state: STATE_WORDS int32) is left all zero by every call, so it is allocated once per device and
-    stream and no memset precedes a call (under CUDA-graph capture each call zeroes its own, a memset node).
+    stream and no memset precedes a call (under CUDA-graph capture each call zeroes its own, a memset node);
+    the (prefix, k_left) words are written before they are read.
     kernels/cost.py counts all of this from the launches themselves.
 Backward: read grad_y and the 1/8-byte mask, write grad_x -> 2 * itemsize + 0.125 bytes per element.
 All offsets are int64, so tensors past 2**31 elements stay correct.
@@ -58,13 +59,17 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 4096  # elements per program: the one-program-per-row limit and the chunk of the split path
+TILE = 4096  # elements per program of the split path (and a bound on the one-program path's rows)
 MIN_BLOCK = 128  # one element per thread of the four warps the one-program path uses up to 2048
 # A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
 # globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
 BINS = tl.constexpr(2048)
+# The one-program path takes rows up to ROW_MAX elements, with 4 warps up to BLOCK 1024 and 8 at 2048: Triton
+# 3.6's ballot histogram needs 255 registers per thread at either, and spilled at BLOCK 4096 (8 warps), while
+# 16 warps cap a thread at 128 registers and spill much more. Longer rows take the split path.
+ROW_MAX = 2048
 LAST_BINS = tl.constexpr(1024)  # the 10-bit digit of float32's pass 2
-CANDIDATE_BLOCK = 1024  # candidates the split path's last program narrows per step
+CANDIDATE_BLOCK = 512  # candidates the split path's last program narrows per step
 
 
 @triton.jit
@@ -132,14 +137,15 @@ def _threshold_key(prefix, NUM_PASSES: tl.constexpr):
 
 
 @triton.jit
-def _pack_words(winners, BLOCK: tl.constexpr):
-    """Bit i % 32 of word i // 32 for each element i of a BLOCK (a multiple of 32): the mask's int32 words."""
-    shifts = tl.arange(0, 32)[None, :]
-    return tl.sum(tl.reshape(winners.to(tl.int32), (BLOCK // 32, 32)) << shifts, 1)
+def _pack_bytes(winners, BLOCK: tl.constexpr):
+    """Bit i % 8 of byte i // 8 for each element i of a BLOCK: the mask's bytes (packing eight lanes, not 32,
+    keeps the reduction's layout small: 32-lane packing made Triton 3.6 spill the one-program kernel)."""
+    shifts = tl.arange(0, 8)[None, :]
+    return tl.sum(tl.reshape(winners.to(tl.int32), (BLOCK // 8, 8)) << shifts, 1).to(tl.uint8)
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_row_kernel(x_ptr, y_ptr, words_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
+def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
     in_row = offsets < n
@@ -156,13 +162,13 @@ def _kwta_row_kernel(x_ptr, y_ptr, words_ptr, n, k, BLOCK: tl.constexpr, NUM_PAS
         prefix = _descend(prefix, chosen_bin, p)
     winners = in_row & (key >= _threshold_key(prefix, NUM_PASSES))
     tl.store(y_ptr + row * n + offsets, tl.where(winners, x, 0.0), mask=in_row)
-    n_words = (n + 31) // 32
-    word_offsets = tl.arange(0, BLOCK // 32)
-    tl.store(words_ptr + row * n_words + word_offsets, _pack_words(winners, BLOCK), mask=word_offsets < n_words)
+    n_bytes = 4 * ((n + 31) // 32)  # whole words: the padding bytes get zero bits
+    byte_offsets = tl.arange(0, BLOCK // 8)
+    tl.store(mask_ptr + row * n_bytes + byte_offsets, _pack_bytes(winners, BLOCK), mask=byte_offsets < n_bytes)
 
 
-# The split path's per-row scratch (int32), left all zero by every call for the next one: the pass-0
-# histogram, two tickets, the candidate count, then the (prefix, k_left) state the first launch leaves.
+# The split path's per-row scratch (int32): the pass-0 histogram, two tickets and the candidate cursor, which
+# every call leaves zero for the next one, then the (prefix, k_left) state the first launch leaves.
 TICKET_0 = tl.constexpr(2048)
 TICKET_1 = tl.constexpr(2049)
 CURSOR = tl.constexpr(2050)
@@ -195,7 +201,7 @@ def _kwta_split_hist_kernel(x_ptr, state_ptr, n, k, CHUNK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_split_mask_kernel(x_ptr, y_ptr, words_ptr, state_ptr, cand_bits_ptr, cand_pos_ptr, n,
+def _kwta_split_mask_kernel(x_ptr, y_ptr, mask_ptr, words_ptr, state_ptr, cand_bits_ptr, cand_pos_ptr, n,
                             NUM_PASSES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
     """Every element pass 0 decides gets its y and mask bit; the rest (the chosen bin's) are appended to the
     row's candidate list, which the last chunk to finish narrows with the remaining passes and writes."""
@@ -211,9 +217,8 @@ def _kwta_split_mask_kernel(x_ptr, y_ptr, words_ptr, state_ptr, cand_bits_ptr, c
     undecided = in_row & (top == prefix)
     tl.store(y_ptr + row * n + offsets, tl.where(winners, x, 0.0), mask=in_row & ~undecided)
     n_words = (n + 31) // 32
-    words = words_ptr + row * n_words
-    word_offsets = tl.program_id(1).to(tl.int64) * (CHUNK // 32) + tl.arange(0, CHUNK // 32)
-    tl.store(words + word_offsets, _pack_words(winners, CHUNK), mask=word_offsets < n_words)
+    byte_offsets = tl.program_id(1).to(tl.int64) * (CHUNK // 8) + tl.arange(0, CHUNK // 8)
+    tl.store(mask_ptr + row * 4 * n_words + byte_offsets, _pack_bytes(winners, CHUNK), mask=byte_offsets < 4 * n_words)
     # Append the undecided: this chunk's slots start where the row's cursor stood.
     slot = tl.atomic_add(state + CURSOR, tl.sum(undecided.to(tl.int32), 0), sem="relaxed")
     slot += tl.cumsum(undecided.to(tl.int32), 0) - 1
@@ -224,8 +229,8 @@ def _kwta_split_mask_kernel(x_ptr, y_ptr, words_ptr, state_ptr, cand_bits_ptr, c
     if ticket == tl.num_programs(1) - 1:
         count = tl.load(state + CURSOR, cache_modifier=".cg")
         k_left = tl.load(state + K_LEFT)
-        _narrow_and_write(y_ptr + row * n, words, cand_bits_ptr + row * n, cand_pos_ptr + row * n, count, prefix,
-                          k_left, NUM_PASSES, BLOCK_C)
+        _narrow_and_write(y_ptr + row * n, words_ptr + row * n_words, cand_bits_ptr + row * n,
+                          cand_pos_ptr + row * n, count, prefix, k_left, NUM_PASSES, BLOCK_C)
         tl.store(state + CURSOR, 0)
         tl.store(state + TICKET_1, 0)
 
@@ -322,26 +327,27 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     """k-WTA of each row of a contiguous 2-D tensor: (y, the winner mask, (rows, mask_bytes(N)) bytes)."""
     n_rows, n = rows.shape
     y = torch.empty_like(rows)
-    words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)
+    words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)  # the mask, as words
+    mask = words.view(torch.uint8)  # and as bytes
     num_passes = _num_passes(rows.dtype)
-    if n <= TILE:
+    if n <= min(ROW_MAX, TILE):
         # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes
-        # 254 registers per thread (BLOCK 512, ptxas); over four, 72-127 up to BLOCK 2048.
+        # 254 registers per thread (BLOCK 512, ptxas, Triton 3.8); over four, 48-121 up to BLOCK 2048.
         block = max(triton.next_power_of_2(n), MIN_BLOCK)
-        _kwta_row_kernel[(n_rows,)](rows, y, words, n, k, BLOCK=block, NUM_PASSES=num_passes,
-                                    num_warps=4 if block <= 2048 else 8)
-        return y, words.view(torch.uint8)
+        _kwta_row_kernel[(n_rows,)](rows, y, mask, n, k, BLOCK=block, NUM_PASSES=num_passes,
+                                    num_warps=8 if block == 2048 else 4)
+        return y, mask
     grid = (n_rows, triton.cdiv(n, TILE))
     state = _state(n_rows, rows.device)
     candidates = torch.empty((2, n_rows, n), dtype=torch.int32, device=rows.device)  # bits, positions
     try:
         _kwta_split_hist_kernel[grid](rows, state, n, k, CHUNK=TILE, num_warps=8)
-        _kwta_split_mask_kernel[grid](rows, y, words, state, candidates[0], candidates[1], n, NUM_PASSES=num_passes,
-                                      CHUNK=TILE, BLOCK_C=CANDIDATE_BLOCK, num_warps=8)
+        _kwta_split_mask_kernel[grid](rows, y, mask, words, state, candidates[0], candidates[1], n,
+                                      NUM_PASSES=num_passes, CHUNK=TILE, BLOCK_C=CANDIDATE_BLOCK, num_warps=8)
     except BaseException:
         _states.clear()  # a launch that failed part-way may leave its scratch dirty
         raise
-    return y, words.view(torch.uint8)
+    return y, mask
 
 
 def kwta_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
