@@ -14,9 +14,9 @@ element (about):
   copy, relu  forward 8 (read x, write y); relu's backward 12 (read grad_y and its saved y, write grad_x).
   cpu         forward 16.1 plus a few percent: three reads of x (the second and third mostly from L2),
               the candidates' keys, write y and a 1/8-byte mask bit; backward 8.125 (grad_y, mask, grad_x).
-  triton      forward 8.125 on rows of up to one tile (read x, write y and the mask bit); longer rows are
-              split and re-read x once per radix pass, up to 4 * 4 + 4.125 = 20.125 (mostly L2 hits on a
-              GPU); backward 8.125.
+  triton      forward 8.125 on rows of up to 2048 (read x, write y and the mask bit); longer rows are
+              split and read x twice, plus the candidates' list: 13.4 counted on 32x64x32x32
+              (kernels/cost.py); backward 8.125.
   partition   forward ~30 plus the select: keys in four torch passes, np.partition on a copy of them,
               compare and where; backward 9 (grad_y and the saved bool mask, write grad_x).
   topk        forward ~34 plus topk itself: topk reads x and writes k values and k int64 indices, repeat

@@ -41,7 +41,18 @@ Resources per program, as ptxas reports them for every specialization the launch
 sm_90 (`python -m kwta.kernels.aot`, with the pinned Triton and with PYTHONPATH=.venv/triton-3.6.0;
 tests/test_aot.py fails on any spill), and SASS instructions per element (static, per thread over the
 elements it holds; the split kernels' count includes the last program's finishing code):
-RESOURCE_TABLE
+    | kernel | warps | Triton | registers/thread | shared memory (B) | spills | SASS/element (sm_90) |
+    |---|---|---|---|---|---|---|
+    | _kwta_backward_kernel | 8 | 3.8.0 | 14-60 | 0 | 0 | 2-18 |
+    | _kwta_backward_kernel | 8 | 3.6.0 | 14-57 | 0 | 0 | 2-18 |
+    | _kwta_row_kernel | 4 | 3.8.0 | 48-80 | 8192 | 0 | 169-1614 |
+    | _kwta_row_kernel | 4 | 3.6.0 | 72-255 | 8192 | 0 | 658-2327 |
+    | _kwta_row_kernel | 8 | 3.8.0 | 62-68 | 8192 | 0 | 128-182 |
+    | _kwta_row_kernel | 8 | 3.6.0 | 188-255 | 8192 | 0 | 614-832 |
+    | _kwta_split_hist_kernel | 8 | 3.8.0 | 30-37 | 8192 | 0 | 31-38 |
+    | _kwta_split_hist_kernel | 8 | 3.6.0 | 176-194 | 8192 | 0 | 253-259 |
+    | _kwta_split_mask_kernel | 8 | 3.8.0 | 108-147 | 8192-32768 | 0 | 84-140 |
+    | _kwta_split_mask_kernel | 8 | 3.6.0 | 120-169 | 8192-32768 | 0 | 140-168 |
 
 Triton features used: tl.histogram, scalar atomics with sem= (relaxed, acq_rel), atomic_or, cache_modifier
 ".cg", tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported
@@ -69,7 +80,7 @@ BINS = tl.constexpr(2048)
 # 16 warps cap a thread at 128 registers and spill much more. Longer rows take the split path.
 ROW_MAX = 2048
 LAST_BINS = tl.constexpr(1024)  # the 10-bit digit of float32's pass 2
-CANDIDATE_BLOCK = 512  # candidates the split path's last program narrows per step
+CANDIDATE_BLOCK = 256  # candidates the split path's last program narrows per step
 
 
 @triton.jit

@@ -25,6 +25,19 @@ def _count_kernel(x_ptr, counts_ptr, n, BLOCK: tl.constexpr):
     tl.atomic_add(counts_ptr + positive.to(tl.int32), 1, mask=offsets < n, sem="relaxed")
 
 
+@triton.jit
+def _words_kernel(words_ptr, y_ptr, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(y_ptr + offsets, tl.load(words_ptr + offsets // 32))  # 32 lanes read each word
+
+
+def test_lanes_that_share_an_address_share_its_bytes():
+    words, y = torch.arange(4, dtype=torch.int32), torch.empty(128, dtype=torch.int32)
+    with cost.count({"words": words, "y": y}, 128) as traffic:
+        _words_kernel[(1,)](words, y, BLOCK=128)
+    assert traffic.read == {"words": 16} and traffic.written == {"y": 512}
+
+
 def test_the_counter_sees_every_active_lane_once_and_names_the_tensors():
     x = torch.randn(1000)
     named = {"x": x}

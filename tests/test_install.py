@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_MODULES = {"__init__", "functional", "modules", "models", "data", "checkpoint", "attacks", "evaluation",
                    "journal", "binarization", "landscape", "adversarial", "distributed"}
-KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot"}
+KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot", "cost"}
 
 
 @pytest.fixture(scope="module")
