@@ -171,9 +171,12 @@ def _compile_one(job: tuple) -> Compiled:
     )
 
 
-def compile_launches(launches, archs=ARCHS, workers: int | None = None) -> list[Compiled]:
+def compile_launches(launches, archs=ARCHS, workers: int | None = None,
+                     distinct_constexprs: bool = False) -> list[Compiled]:
     """Compile each distinct specialization among `launches` for every architecture in `archs`.
 
+    distinct_constexprs: one compile per kernel, signature, constexprs and options, leaving out the variants
+    that differ only in the alignment attributes of their pointers and integers (about half of them).
     Compiles run in `workers` processes (default: one per CPU); any compile error propagates.
     """
     jobs, seen = [], set()
@@ -181,7 +184,7 @@ def compile_launches(launches, archs=ARCHS, workers: int | None = None) -> list[
         for kernel, args, kwargs in launches:
             options, signature, constexprs, attrs = _specialize(kernel, args, kwargs, GPUTarget("cuda", arch, 32))
             job = (kernel.__module__, kernel.__name__, arch, signature, constexprs, attrs, options.__dict__)
-            key = repr(job)
+            key = repr(job[:5] + job[6:]) if distinct_constexprs else repr(job)
             if key not in seen:
                 seen.add(key)
                 jobs.append(job)
@@ -224,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="compute capabilities (80 90)")
     parser.add_argument("--json", help="write the table as JSON here too")
+    parser.add_argument("--workers", type=int, help="compile processes (default: one per CPU)")
+    parser.add_argument("--distinct-constexprs", action="store_true",
+                        help="one compile per kernel, dtype, constexprs and warps (alignment variants left out)")
     parser.add_argument("--no-traffic", action="store_true",
                         help="leave out the counted traffic (kernels/cost.py, run under the interpreter)")
     args = parser.parse_args(argv)
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         launches = record_launches(triton_kwta, launcher_workload(triton_kwta))
     except RuntimeError as error:
         sys.exit(f"kwta.kernels.aot: error: {error}")
-    results = compile_launches(launches, args.arch)
+    results = compile_launches(launches, args.arch, args.workers, distinct_constexprs=args.distinct_constexprs)
     print(f"Triton {triton.__version__}")
     header = (f"{'kernel':24} {'dtype':5} {'arch':>4} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7} "
               f"{'SASS':>6} {'/elem':>6}  constexprs")

@@ -29,10 +29,10 @@ so the op can be captured in CUDA graphs:
          candidates' y and mask bits (32-bit atomic OR).
     Bytes per element: two reads of x, write y, 1/8 mask -> 3 * itemsize + 0.125, plus the candidates'
     list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
-    in atomics; no program re-reads another's histogram. The per-row scratch (histogram, tickets, cursor,
-    state: STATE_WORDS int32) is left all zero by every call, so it is allocated once per device and
-    stream and no memset precedes a call (under CUDA-graph capture each call zeroes its own, a memset node);
-    the (prefix, k_left) words are written before they are read.
+    in atomics; no program re-reads another's histogram. The per-row scratch is STATE_WORDS int32: the
+    histogram, tickets and cursor, which every call leaves zero, and the (prefix, k_left) state, written
+    before it is read. So it is allocated once per device and stream and no memset precedes a call (under
+    CUDA-graph capture each call zeroes its own, a memset node).
     kernels/cost.py counts all of this from the launches themselves.
 Backward: read grad_y and the 1/8-byte mask, write grad_x -> 2 * itemsize + 0.125 bytes per element.
 All offsets are int64, so tensors past 2**31 elements stay correct.
