@@ -29,7 +29,9 @@ so the op can be captured in CUDA graphs:
          candidates' y and mask bits (32-bit atomic OR).
     Bytes per element: two reads of x, write y, 1/8 mask -> 3 * itemsize + 0.125, plus the candidates'
     list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
-    in atomics; no program re-reads another's histogram. The per-row scratch is STATE_WORDS int32: the
+    in atomics; no program re-reads another's histogram. The list's buffer is allocated (torch.empty, no
+    launch) for every element, since a row's candidates can be all of it: 8 bytes per element of memory,
+    of which only the chosen bin's few percent is touched. The per-row scratch is STATE_WORDS int32: the
     histogram, tickets and cursor, which every call leaves zero, and the (prefix, k_left) state, written
     before it is read. So it is allocated once per device and stream and no memset precedes a call (under
     CUDA-graph capture each call zeroes its own, a memset node).
