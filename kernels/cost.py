@@ -44,11 +44,7 @@ class Traffic:
     atomic: dict = field(default_factory=dict)
     scratch_bytes: int = 0  # distinct bytes of memory outside the named tensors that any op touched
     launches: list = field(default_factory=list)  # kernel names; torch ops as "torch:<op>"
-
-    def per_element(self, kind: str, name: str) -> float:
-        return getattr(self, kind).get(name, 0) / self.elements
-
-    x_itemsize: int = 4
+    x_itemsize: int = 4  # bytes per element of x
 
     def full_reads(self, name: str = "x") -> float:
         """Bytes read from a tensor of `elements` elements of x's dtype, over its size."""
