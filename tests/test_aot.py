@@ -2,6 +2,7 @@
 register spills. No GPU is needed; the compiles run in a subprocess without TRITON_INTERPRET, because
 the interpreter runs code the GPU compiler rejects."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -23,7 +24,22 @@ def compiler_env() -> dict:
 # The pinned Triton (requirements.txt) and the oldest one the kernels support, which `make setup` installs
 # beside it (the Makefile's TRITON_OLDEST): torch 2.11 brings Triton 3.6, so users have both.
 OLDEST = "3.6.0"
-TRITON_PATHS = {"pinned": None, OLDEST: ROOT / ".venv" / f"triton-{OLDEST}"}
+
+
+def triton_paths() -> dict[str, Path | None]:
+    """Each Triton version to compile with -> the folder it is imported from (None: the installed one). On a
+    machine whose own Triton is the oldest (a GPU image with torch 2.11) and no copy beside it, that one."""
+    oldest = ROOT / ".venv" / f"triton-{OLDEST}"
+    try:
+        installed = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed == OLDEST and not oldest.is_dir():
+        return {"installed": None}
+    return {"pinned": None, OLDEST: oldest}
+
+
+TRITON_PATHS = triton_paths()
 
 
 _COMPILES: dict[str, tuple[subprocess.Popen, Path]] = {}  # version -> (the running compile, its JSON and log)
@@ -148,3 +164,13 @@ def test_recording_refuses_the_interpreter():
 
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         aot.record_launches(triton_kwta, lambda: None)
+
+
+def test_a_machine_whose_own_triton_is_the_oldest_compiles_with_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: OLDEST)
+    assert triton_paths() == {"installed": None}
+    (tmp_path / ".venv" / f"triton-{OLDEST}").mkdir(parents=True)
+    assert triton_paths() == {"pinned": None, OLDEST: tmp_path / ".venv" / f"triton-{OLDEST}"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "3.8.0")
+    assert set(triton_paths()) == {"pinned", OLDEST}
