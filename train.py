@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from experiments.cli import HelpFormatter, positive_float, positive_int, unit_interval
+from experiments.machine import native_bf16
 
 if TYPE_CHECKING:  # --help answers before torch is imported: every phase imports what it uses
     import torch
@@ -141,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="train through torch.compile (the saved, tested and "
                                                             "attacked network stays the eager one)")
     run.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                     help="training arithmetic: bf16 autocast (auto on CUDA) or fp32 (auto on CPU); test accuracy "
-                     "is always measured in fp32, the precision attack.py attacks in")
+                     help="training arithmetic: bf16 autocast (auto on CUDA and on CPUs with bf16 in hardware, "
+                     "avx512_bf16 or AMX) or fp32 (auto on other CPUs, where bf16 is emulated and slower); test "
+                     "accuracy is always measured in fp32, the precision attack.py attacks in")
     return parser
 
 
@@ -265,7 +267,8 @@ def setup_processes(args: argparse.Namespace) -> Processes:
     return Processes(
         device=device, rank=distributed.rank(), world_size=distributed.world_size(), is_main=distributed.is_main(),
         memory_format=torch.channels_last if on_cuda or args.channels_last else torch.contiguous_format,
-        precision="bf16" if args.precision == "bf16" or (args.precision == "auto" and on_cuda) else "fp32",
+        precision="bf16" if args.precision == "bf16" or (args.precision == "auto" and (on_cuda or native_bf16()))
+        else "fp32",
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from experiments.machine import cpu_name
 from kwta.checkpoint import atomic_write
 
 TARGET_ROW_LENGTH = 16 * 1024  # the copy-bandwidth target counts rows of 16K elements or more
@@ -245,18 +246,6 @@ def write_csv(path: str, rows: Sequence) -> None:
 
 def write_json(path: str, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2) + "\n")
-
-
-def cpu_name() -> str:
-    """The CPU model, as lscpu's "Model name" gives it."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: str) -> dict:

@@ -18,32 +18,11 @@ a ratio measured on one CPU is not another's.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 from experiments.cli import HelpFormatter, positive_int
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def native_bf16() -> bool:
-    """Does this CPU do bf16 arithmetic in hardware (avx512_bf16 or AMX), where autocast can pay?"""
-    try:
-        with open("/proc/cpuinfo") as file:
-            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+from experiments.machine import cpu_name, native_bf16
 
 
 def time_steps(activation: str, batch_size: int, *, channels_last: bool, bf16: bool, compile: bool, steps: int,

@@ -17,8 +17,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.training import cpu_name
 from experiments.fashion import LABELS, attack_steps, figure_steps, read_results, result_tables, train_steps
+from experiments.machine import cpu_name
 from experiments.pipeline import Step, run_steps, step_seconds
 from experiments.tables import format_table
 from kwta.checkpoint import atomic_write

@@ -15,6 +15,7 @@ from torch import nn
 from bench import providers, report
 from bench.__main__ import QUICK_SHAPES, QUICK_SWEEP_ROW_LENGTHS, bench_model, bench_shapes, main, parse_args
 from bench.timing import saved_bytes_per_element
+from experiments import machine
 
 CPU_PROVIDERS = ("topk", "reference", "cpu", "partition", "kthvalue", "relu", "copy")
 CLOCKS = {("wall", "1"), ("process", "1")}
@@ -67,7 +68,7 @@ def test_quick_run_reports_every_provider_with_positive_times(quick_run):
     assert {r["status"] for r in targets} <= {"PASS", "FAIL", "info", "n/a"}
     assert (out / "environment-cpu.json").exists()
     assert not list(out.glob(".*.tmp")), "a temporary file of the atomic write was left behind"
-    assert "targets on " + report.cpu_name() in printed and "wall, 1 thread" in printed
+    assert "targets on " + machine.cpu_name() in printed and "wall, 1 thread" in printed
 
 
 def test_process_clock_times_every_provider():
@@ -239,6 +240,6 @@ def test_the_training_benchmark_prints_one_row_per_configuration(capsys):
     assert lines[0].startswith("# ") and "threads, torch" in lines[0]
     rows = [line.split(" | ") for line in lines[3:]]
     names = [row[1] for row in rows]
-    expected = ["fp32", "channels-last", *(["bf16"] if training.native_bf16() else []), "fp32, batch 3"]
+    expected = ["fp32", "channels-last", *(["bf16"] if machine.native_bf16() else []), "fp32, batch 3"]
     assert names == expected and rows[0][4] == "1.00x"
     assert all(float(row[3]) > 0 for row in rows)

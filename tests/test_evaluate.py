@@ -112,6 +112,28 @@ def test_labels_must_match_the_images():
         kwta.evaluate(linear_model(), (images * 255).to(torch.uint8), labels, eps=0.1, attacks=["pgd"])
 
 
+def test_es_calibration_runs_es_only_on_the_images_pgd_breaks(monkeypatch):
+    """The verdict reads es only where PGD broke: es runs there alone, in batches as the suite cut them."""
+    images, labels = linear_images(10)
+    model = linear_model()
+    batches = evaluation._my_batches(images, labels, None, 3, torch.device("cpu"))
+    seen = []
+    real_attack_batch = evaluation.attack_batch
+
+    def spy(model, x, y, eps, names, *args, **kwargs):
+        if names == ["es"]:
+            seen.append(x.clone())
+        return real_attack_batch(model, x, y, eps, names, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "attack_batch", spy)
+    record = evaluation.calibrate_es(model, batches, 0.2, CHEAP, seed=0, device=torch.device("cpu"))
+    clean, pgd, es = (torch.tensor(record["per_image"][key], dtype=torch.bool) for key in ("clean", "pgd", "es"))
+    broken = clean & ~pgd
+    assert 0 < int(broken.sum()) < len(images)  # the case tells: some images broken, some not
+    assert torch.equal(torch.cat(seen), images[broken])  # es saw exactly PGD's breaks, in order
+    assert torch.equal(es[~broken], pgd[~broken])  # elsewhere the record keeps PGD's mask
+
+
 def test_the_suite_leaves_transfer_out_without_a_twin_and_calibrates_es_on_a_relu_model():
     images, labels = linear_images()
     result = kwta.evaluate(linear_model(), images, labels, eps=0.1, settings=CHEAP, eps_curve="none",

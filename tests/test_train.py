@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from experiments.machine import native_bf16
 from kwta.adversarial import pgd_linf
 from kwta.checkpoint import load_checkpoint, load_model
 from kwta.data import get_datasets
@@ -57,7 +58,7 @@ def test_training_writes_metrics_summary_and_a_loadable_checkpoint(two_epoch_run
     # The checkpoint alone rebuilds the model, and it scores on the test set what the run recorded.
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     assert checkpoint["spec"]["ratio"] == 0.2 and checkpoint["epoch"] == 2
-    assert checkpoint["spec"]["train_precision"] == "fp32"  # auto on CPU
+    assert checkpoint["spec"]["train_precision"] == ("bf16" if native_bf16() else "fp32")  # auto on CPU
     assert fp32_test_scores(run_dir)[1] == pytest.approx(metrics[-1]["test_acc"])
 
 
@@ -69,6 +70,15 @@ def fp32_test_scores(run_dir) -> tuple[float, float]:
     with torch.no_grad():
         logits = model(images)
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_the_cpu_does_bf16_in_hardware(monkeypatch, native, expected):
+    import train as script
+
+    monkeypatch.setattr(script, "native_bf16", lambda: native)
+    assert script.setup_processes(parse_args([*TINY_RUN, "--out", "unused"])).precision == expected
+    assert script.setup_processes(parse_args([*TINY_RUN, "--out", "unused", "--precision", "fp32"])).precision == "fp32"
 
 
 def test_bf16_training_is_recorded_and_test_accuracy_is_measured_in_fp32(tmp_path):
