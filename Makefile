@@ -45,8 +45,9 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest tests
 
-# On a machine with a CUDA GPU: the kernels on CUDA against the reference, CUDA graphs, torch.compile, a bf16
-# training step of each architecture, the benchmark with its GPU targets, and a one-line verdict.
+# On a machine with a CUDA GPU: the kernels against the reference, CUDA graphs, speed per shape beside the topk
+# formula and kthvalue, a profile, a training step and torch.compile, in one report (results/gpu-check). Where
+# setup cannot run (no network), python scripts/gpu_check.py needs only the torch and Triton already installed.
 gpu-check: setup
 	$(PY) -m scripts.gpu_check
 

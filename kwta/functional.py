@@ -18,7 +18,6 @@ import os
 
 import torch
 
-from kwta.kernels import cpu
 from kwta.kernels.reference import check_input, kwta_reference, mask_bytes, resolve_k, row_shape
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -31,11 +30,15 @@ def _mask_like(rows: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("kwta::cpu_forward", mutates_args=())
 def _cpu_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from kwta.kernels import cpu  # numba loads on the cpu backend's first use, not with kwta (as triton does)
+
     return cpu.kwta_forward(rows, k)
 
 
 @torch.library.custom_op("kwta::cpu_backward", mutates_args=())
 def _cpu_backward(grad_y: torch.Tensor, winner_bits: torch.Tensor) -> torch.Tensor:
+    from kwta.kernels import cpu
+
     return cpu.kwta_backward(grad_y, winner_bits)
 
 
@@ -76,6 +79,8 @@ def _kernels(backend: str):
     if torch.compiler.is_compiling():
         return _OPS[backend]
     if backend == "cpu":
+        from kwta.kernels import cpu
+
         return cpu.kwta_forward, cpu.kwta_backward
     from kwta.kernels import triton_kwta
 
