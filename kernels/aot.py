@@ -69,7 +69,7 @@ class Compiled:
     static_smem: int  # bytes ptxas reports (static shared memory)
     shared: int  # bytes of dynamic shared memory Triton's launch asks for
     instructions: int  # SASS instructions in the cubin (cuobjdump -sass), NOPs left out
-    elements: int  # elements one program handles (its BLOCK or CHUNK constexpr)
+    elements: int  # elements one program handles (its BLOCK or CHUNK constexpr, times ROWS where rows share one)
 
     @property
     def per_element(self) -> float:
@@ -166,7 +166,8 @@ def _compile_one(job: tuple) -> Compiled:
         constexprs=" ".join(f"{kernel.arg_names[path[0]]}={value}" for path, value in constexprs.items()),
         attrs=" ".join(kernel.arg_names[path[0]] for path, value in attrs.items() if value),
         arch=arch, num_warps=compiled.metadata.num_warps, shared=compiled.metadata.shared,
-        instructions=sass_instructions(compiled.asm["cubin"]), elements=names.get("BLOCK", names.get("CHUNK", 1)),
+        instructions=sass_instructions(compiled.asm["cubin"]),
+        elements=names.get("ROWS", 1) * names.get("BLOCK", names.get("CHUNK", 1)),
         **_ptxas_report(compiled.asm["ptx"], arch),
     )
 

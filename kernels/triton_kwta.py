@@ -14,8 +14,15 @@ Then winners = key >= T (ties at T and NaN all win), y = x on winners and +0.0 e
 per element (bit i % 8 of byte i // 8, rows padded to whole 32-bit words: kernels/reference.py's mask
 layout) records the winners for the backward.
 
-Two forward paths, both free of host synchronisation (no .item(), grid sizes depend on shapes only),
+Three forward paths, all free of host synchronisation (no .item(), grid sizes depend on shapes only),
 so the op can be captured in CUDA graphs:
+  * rows of N <= SHORT_ROW_MAX (64; channel mode on 4x4 and 8x8 maps): many rows per program, and no
+    histogram. An element wins iff fewer than k keys of its row are larger, which is exactly key >= the
+    k-th largest (ties and NaN included): BLOCK comparisons per element (BLOCK = 32 or 64), so the cost
+    follows N, where each histogram pass of the next path scans 2048 bins whatever N is. The compiled code
+    says where to stop: at BLOCK 64 the compare costs 585-726 SASS instructions per element (Triton 3.8),
+    against 1606 for the one-program kernel at its smallest BLOCK; at 128 the comparisons would come to about
+    twice that (extrapolated), level with the histogram. Bytes per element: the floor, as below.
   * rows of N <= ROW_MAX (2048): one program per row holds the row in registers for every pass.
     Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
   * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
@@ -47,6 +54,8 @@ elements it holds; the split kernels' count includes the last program's finishin
     |---|---|---|---|---|---|---|
     | _kwta_backward_kernel | 8 | 3.8.0 | 14-60 | 0 | 0 | 2-18 |
     | _kwta_backward_kernel | 8 | 3.6.0 | 14-57 | 0 | 0 | 2-18 |
+    | _kwta_short_rows_kernel | 4 | 3.8.0 | 32-77 | 512-1024 | 0 | 204-726 |
+    | _kwta_short_rows_kernel | 4 | 3.6.0 | 29-135 | 1024 | 0 | 203-1463 |
     | _kwta_row_kernel | 4 | 3.8.0 | 48-80 | 8192 | 0 | 169-1614 |
     | _kwta_row_kernel | 4 | 3.6.0 | 72-255 | 8192 | 0 | 658-2327 |
     | _kwta_row_kernel | 8 | 3.8.0 | 62-68 | 8192 | 0 | 128-182 |
@@ -60,7 +69,9 @@ Triton features used: tl.histogram, scalar atomics with sem= (relaxed, acq_rel),
 ".cg", tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported
 (what torch 2.11 brings). Triton 3.6 lowers tl.histogram by warp ballots and popcounts, about bins / 32
 instructions per element, where 3.8 issues one shared-memory atomic per element: on 3.6 every kernel
-that histograms costs several times more per element (the table).
+that histograms costs several times more per element (the table). The short-row kernel's all-pairs
+compare costs the same on both in float32; with 16-bit inputs 3.6 spends 2.5-3.3 times 3.8's instructions
+on it (layout changes, 121-135 registers against 40-77).
 
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
@@ -178,6 +189,33 @@ def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASS
     n_bytes = 4 * ((n + 31) // 32)  # whole words: the padding bytes get zero bits
     byte_offsets = tl.arange(0, BLOCK // 8)
     tl.store(mask_ptr + row * n_bytes + byte_offsets, _pack_bytes(winners, BLOCK), mask=byte_offsets < n_bytes)
+
+
+SHORT_ROW_MAX = 64  # rows up to this long are ranked by comparison, many to a program
+SHORT_TILE = 8192  # comparisons one program of the short-row kernel holds: ROWS * BLOCK * BLOCK
+
+
+@triton.jit(do_not_specialize=["k"])
+def _kwta_short_rows_kernel(x_ptr, y_ptr, words_ptr, n_rows, n, k, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """ROWS rows of n <= BLOCK elements per program. An element wins iff fewer than k keys of its row are
+    larger: exactly key >= the k-th largest key, ties and NaN included. That is BLOCK comparisons per
+    element and no histogram, so the cost follows n, where a histogram pass costs 2048 bins whatever n is."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    columns = tl.arange(0, BLOCK)
+    inside = (rows[:, None] < n_rows) & (columns[None, :] < n)
+    x = tl.load(x_ptr + rows[:, None] * n + columns[None, :], mask=inside, other=0.0)
+    key = tl.where(inside, _order_key(x), -2147483648)  # below every real key: padding never outranks
+    larger = tl.sum((key[:, None, :] > key[:, :, None]).to(tl.int32), 2)
+    winners = inside & (larger < k)
+    tl.store(y_ptr + rows[:, None] * n + columns[None, :], tl.where(winners, x, 0.0), mask=inside)
+    # the mask in whole 32-bit words, bit i % 32 of word i // 32 (little-endian: the byte layout); lanes
+    # past n give zero bits
+    n_words = (n + 31) // 32
+    lanes = tl.arange(0, 32)[None, None, :]
+    words = tl.sum(tl.reshape(winners.to(tl.int32), (ROWS, BLOCK // 32, 32)) << lanes, 2)
+    word_index = tl.arange(0, BLOCK // 32)[None, :]
+    tl.store(words_ptr + rows[:, None] * n_words + word_index, words,
+             mask=(rows[:, None] < n_rows) & (word_index < n_words))
 
 
 # The split path's per-row scratch (int32): the pass-0 histogram, two tickets and the candidate cursor, which
@@ -343,6 +381,12 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)  # the mask, as words
     mask = words.view(torch.uint8)  # and as bytes
     num_passes = _num_passes(rows.dtype)
+    if n <= SHORT_ROW_MAX:
+        block = max(triton.next_power_of_2(n), 32)
+        per_program = SHORT_TILE // (block * block)
+        _kwta_short_rows_kernel[(triton.cdiv(n_rows, per_program),)](rows, y, words, n_rows, n, k,
+                                                                    ROWS=per_program, BLOCK=block, num_warps=4)
+        return y, mask
     if n <= min(ROW_MAX, TILE):
         # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes
         # 254 registers per thread (BLOCK 512, ptxas, Triton 3.8); over four, 48-121 up to BLOCK 2048.

@@ -88,13 +88,16 @@ def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills
     for arch in (80, 90):
         for dtype in ("fp32", "fp16", "bf16"):
             kernels = {r["kernel"] for r in results if r["arch"] == arch and r["dtype"] == dtype}
-            assert kernels == {"_kwta_row_kernel", "_kwta_split_hist_kernel", "_kwta_split_mask_kernel",
-                               "_kwta_backward_kernel"}, (version, arch, dtype)
+            assert kernels == {"_kwta_short_rows_kernel", "_kwta_row_kernel", "_kwta_split_hist_kernel",
+                               "_kwta_split_mask_kernel", "_kwta_backward_kernel"}, (version, arch, dtype)
         passes = {r["constexprs"] for r in results if r["arch"] == arch and r["kernel"] == "_kwta_split_mask_kernel"}
         assert {c.split()[0] for c in passes} == {"NUM_PASSES=2", "NUM_PASSES=3"}
         blocks = {c.split("BLOCK=")[1].split()[0] for r in results if r["arch"] == arch
                   and r["kernel"] == "_kwta_row_kernel" for c in [r["constexprs"]]}
         assert blocks == {"128", "256", "512", "1024", "2048"}
+        short = {c.split("BLOCK=")[1].split()[0] for r in results if r["arch"] == arch
+                 and r["kernel"] == "_kwta_short_rows_kernel" for c in [r["constexprs"]]}
+        assert short == {"32", "64"}
     for r in results:
         assert 0 < r["registers"] <= 255, (version, r)
         assert r["spill_stores"] == r["spill_loads"] == r["stack_frame"] == 0, (version, r)
