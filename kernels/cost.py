@@ -225,8 +225,8 @@ TRAFFIC_BUDGETS = {
 # of each kernel, for the pinned Triton and for 3.6, about 5% above what they compile to; tests/test_aot.py
 # holds every compile to them. The one-program kernel's worst case is its smallest BLOCK (one element per
 # thread, behind a fixed 2048-bin scan per pass, rows of 65-128); the short-row kernel's is BLOCK 64 (64
-# comparisons per element, and the layout changes of the all-pairs compare). On 3.6 the histogram kernel costs about 7 times what it
-# does on 3.8 (tl.histogram by warp ballots, not shared-memory atomics).
+# comparisons per element, and the layout changes of the all-pairs compare). On 3.6 the histogram kernel
+# costs about 7 times what it does on 3.8 (tl.histogram by warp ballots, not shared-memory atomics).
 SASS_BUDGETS = {
     "pinned": {"_kwta_short_rows_kernel": 765, "_kwta_row_kernel": 1700, "_kwta_split_hist_kernel": 40,
                "_kwta_split_mask_kernel": 147, "_kwta_backward_kernel": 18.5},
