@@ -5,6 +5,7 @@ It sits above the library (it imports kwta; kernels/ imports nothing from it):
   timing.py     how: torch.utils.benchmark on CPU (wall clock and one-thread process time), do_bench on CUDA
   report.py     result rows, targets, terminal tables, CSV and JSON
   __main__.py   the command line: per-shape table, row-length sweep, model training step, targets
+  gpu.py        the GPU check's sections and its one report (the command line: scripts/gpu_check.py)
 
 Bytes. Forward GB/s counts 2 * itemsize bytes per element for every provider (8 for float32): one read
 of x and one write of y, the least any k-WTA forward can move, as the Triton tutorials count the ideal

@@ -14,8 +14,9 @@ call into the specialization a GPU launch would compile (signature, constexprs, 
 and divisibility attributes of pointers and integers, num_warps); each distinct one is compiled with
 `triton.compile` for a `GPUTarget` per architecture, and the ptxas that ships inside Triton (-v, the
 flags Triton itself passes) reports registers, spills and static shared memory; the cuobjdump beside it
-disassembles the cubin, whose SASS instructions per element (every thread runs the loop-free program on
-its tile / (32 * num_warps) elements) is the static cost that tests/test_aot.py holds to budgets. A new kernel, launch
+disassembles the cubin. Its SASS instructions per element (every thread runs the program once over its
+tile / (32 * num_warps) elements; a loop's body counts once, as written: a static figure, not a profile)
+are the static cost that tests/test_aot.py holds to budgets. A new kernel, launch
 path or constexpr is covered without anyone adding it to a list.
 """
 
@@ -73,8 +74,8 @@ class Compiled:
 
     @property
     def per_element(self) -> float:
-        """SASS instructions a thread executes per element it holds: every thread runs the whole (loop-free)
-        program on elements / (32 * num_warps) elements of the tile."""
+        """Static SASS instructions per element a thread holds: every thread runs the program once over
+        elements / (32 * num_warps) elements (a loop's body counted once, as written)."""
         return self.instructions * 32 * self.num_warps / self.elements
 
 

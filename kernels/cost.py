@@ -166,16 +166,20 @@ def _resolve(traffic: Traffic, events, spans) -> None:
     traffic.scratch_bytes = int(np.unique(np.concatenate(scratch)).size) if scratch else 0
 
 
-def forward_traffic(shape: tuple[int, ...], ratio: float = 0.2, dtype: torch.dtype = torch.float32,
-                    seed: int = 0) -> Traffic:
-    """One forward of the Triton launcher on rows = a (batch, ...) activation flattened per sample, after a
-    first split call on as many rows (the split path's scratch is allocated and zeroed once per device and
-    stream: a memset that only the first call makes)."""
-    from . import triton_kwta
-
+def _rows_and_k(shape: tuple[int, ...], ratio: float, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, int]:
+    """A (batch, ...) activation flattened per sample, as the launchers get it, and its k."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
     rows = x.reshape(shape[0], -1)
-    k = max(1, int(ratio * rows.shape[1]))
+    return rows, max(1, int(ratio * rows.shape[1]))
+
+
+def forward_traffic(shape: tuple[int, ...], ratio: float = 0.2, dtype: torch.dtype = torch.float32,
+                    seed: int = 0) -> Traffic:
+    """One forward of the Triton launcher, after a first split call on as many rows (the split path's scratch
+    is allocated and zeroed once per device and stream: a memset that only the first call makes)."""
+    from . import triton_kwta
+
+    rows, k = _rows_and_k(shape, ratio, dtype, seed)
     triton_kwta.kwta_forward(torch.randn(rows.shape[0], triton_kwta.TILE + 1).to(dtype), 1)  # as many rows, split
     named = {"x": rows}
     with count(named, rows.numel()) as traffic:
@@ -188,9 +192,8 @@ def backward_traffic(shape: tuple[int, ...], ratio: float = 0.2, dtype: torch.dt
     """One backward of the Triton launcher, on the mask a forward of the same shape left."""
     from . import triton_kwta
 
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-    rows = x.reshape(shape[0], -1)
-    _, mask = triton_kwta.kwta_forward(rows, max(1, int(ratio * rows.shape[1])))
+    rows, k = _rows_and_k(shape, ratio, dtype, seed)
+    _, mask = triton_kwta.kwta_forward(rows, k)
     named = {"grad_y": torch.ones_like(rows), "mask": mask}
     with count(named, rows.numel()) as traffic:
         named["grad_x"] = triton_kwta.kwta_backward(named["grad_y"], mask)
@@ -224,13 +227,13 @@ TRAFFIC_BUDGETS = {
 # The most SASS instructions per element (kernels/aot.py's Compiled.per_element) of any sm_90 specialization
 # of each kernel, for the pinned Triton and for 3.6, about 5% above what they compile to; tests/test_aot.py
 # holds every compile to them. The one-program kernel's worst case is its smallest BLOCK (one element per
-# thread, behind a fixed 2048-bin scan per pass, rows of 65-128); the short-row kernel's is BLOCK 64 (64
-# comparisons per element, and the layout changes of the all-pairs compare). On 3.6 the histogram kernel
+# thread, behind a fixed 2048-bin scan per pass, rows of 33-128); the short-row kernel costs about 32
+# comparisons per element and the layout changes of its all-pairs compare. On 3.6 the histogram kernel
 # costs about 7 times what it does on 3.8 (tl.histogram by warp ballots, not shared-memory atomics).
 SASS_BUDGETS = {
-    "pinned": {"_kwta_short_rows_kernel": 765, "_kwta_row_kernel": 1700, "_kwta_split_hist_kernel": 40,
+    "pinned": {"_kwta_short_rows_kernel": 335, "_kwta_row_kernel": 1700, "_kwta_split_hist_kernel": 40,
                "_kwta_split_mask_kernel": 147, "_kwta_backward_kernel": 18.5},
-    "3.6": {"_kwta_short_rows_kernel": 1540, "_kwta_row_kernel": 2450, "_kwta_split_hist_kernel": 272,
+    "3.6": {"_kwta_short_rows_kernel": 825, "_kwta_row_kernel": 2450, "_kwta_split_hist_kernel": 272,
             "_kwta_split_mask_kernel": 177, "_kwta_backward_kernel": 18.5},
 }
 

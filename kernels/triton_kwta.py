@@ -16,13 +16,13 @@ layout) records the winners for the backward.
 
 Three forward paths, all free of host synchronisation (no .item(), grid sizes depend on shapes only),
 so the op can be captured in CUDA graphs:
-  * rows of N <= SHORT_ROW_MAX (64; channel mode on 4x4 and 8x8 maps): many rows per program, and no
+  * rows of N <= SHORT_ROW_MAX (32; channel mode on 4x4 maps): SHORT_ROWS rows per program, and no
     histogram. An element wins iff fewer than k keys of its row are larger, which is exactly key >= the
-    k-th largest (ties and NaN included): BLOCK comparisons per element (BLOCK = 32 or 64), so the cost
-    follows N, where each histogram pass of the next path scans 2048 bins whatever N is. The compiled code
-    says where to stop: at BLOCK 64 the compare costs 585-726 SASS instructions per element (Triton 3.8),
-    against 1606 for the one-program kernel at its smallest BLOCK; at 128 the comparisons would come to about
-    twice that (extrapolated), level with the histogram. Bytes per element: the floor, as below.
+    k-th largest (ties and NaN included): 32 comparisons per element, where each histogram pass of the
+    next path scans 2048 bins whatever N is. The compiled code says where to stop: on rows of up to 32
+    the compare costs 231-316 SASS instructions per element (Triton 3.8, sm_90) against 1606 for the
+    one-program kernel at its smallest BLOCK; a 64-wide compare (2 rows of 64, or 1 to stay clear of
+    spills) came to 1304-1946, no better than the histogram. Bytes per element: the floor, as below.
   * rows of N <= ROW_MAX (2048): one program per row holds the row in registers for every pass.
     Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
   * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
@@ -54,8 +54,8 @@ elements it holds; the split kernels' count includes the last program's finishin
     |---|---|---|---|---|---|---|
     | _kwta_backward_kernel | 8 | 3.8.0 | 14-60 | 0 | 0 | 2-18 |
     | _kwta_backward_kernel | 8 | 3.6.0 | 14-57 | 0 | 0 | 2-18 |
-    | _kwta_short_rows_kernel | 4 | 3.8.0 | 32-77 | 512-1024 | 0 | 204-726 |
-    | _kwta_short_rows_kernel | 4 | 3.6.0 | 29-135 | 1024 | 0 | 203-1463 |
+    | _kwta_short_rows_kernel | 4 | 3.8.0 | 28-32 | 512 | 0 | 231-316 |
+    | _kwta_short_rows_kernel | 4 | 3.6.0 | 31-67 | 512 | 0 | 224-784 |
     | _kwta_row_kernel | 4 | 3.8.0 | 48-80 | 8192 | 0 | 169-1614 |
     | _kwta_row_kernel | 4 | 3.6.0 | 72-255 | 8192 | 0 | 658-2327 |
     | _kwta_row_kernel | 8 | 3.8.0 | 62-68 | 8192 | 0 | 128-182 |
@@ -70,8 +70,8 @@ Triton features used: tl.histogram, scalar atomics with sem= (relaxed, acq_rel),
 (what torch 2.11 brings). Triton 3.6 lowers tl.histogram by warp ballots and popcounts, about bins / 32
 instructions per element, where 3.8 issues one shared-memory atomic per element: on 3.6 every kernel
 that histograms costs several times more per element (the table). The short-row kernel's all-pairs
-compare costs the same on both in float32; with 16-bit inputs 3.6 spends 2.5-3.3 times 3.8's instructions
-on it (layout changes, 121-135 registers against 40-77).
+compare costs the same on both in float32; with 16-bit inputs 3.6 spends 2.1-3.0 times 3.8's instructions
+on it (617-784 against 231-316: layout changes).
 
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
@@ -191,8 +191,8 @@ def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASS
     tl.store(mask_ptr + row * n_bytes + byte_offsets, _pack_bytes(winners, BLOCK), mask=byte_offsets < n_bytes)
 
 
-SHORT_ROW_MAX = 64  # rows up to this long are ranked by comparison, many to a program
-SHORT_TILE = 8192  # comparisons one program of the short-row kernel holds: ROWS * BLOCK * BLOCK
+SHORT_ROW_MAX = 32  # rows up to this long are ranked by comparison, many to a program
+SHORT_ROWS = 4  # rows per program: 4 * 32 * 32 comparisons (8 made Triton 3.8 spill on sm_90 with fp16)
 
 
 @triton.jit(do_not_specialize=["k"])
@@ -382,10 +382,8 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     mask = words.view(torch.uint8)  # and as bytes
     num_passes = _num_passes(rows.dtype)
     if n <= SHORT_ROW_MAX:
-        block = max(triton.next_power_of_2(n), 32)
-        per_program = SHORT_TILE // (block * block)
-        _kwta_short_rows_kernel[(triton.cdiv(n_rows, per_program),)](rows, y, words, n_rows, n, k,
-                                                                    ROWS=per_program, BLOCK=block, num_warps=4)
+        _kwta_short_rows_kernel[(triton.cdiv(n_rows, SHORT_ROWS),)](rows, y, words, n_rows, n, k, ROWS=SHORT_ROWS,
+                                                                   BLOCK=SHORT_ROW_MAX, num_warps=4)
         return y, mask
     if n <= min(ROW_MAX, TILE):
         # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from scripts import gpu_check
+from bench import gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ["## Correctness", "## CUDA graph", "## Speed", "## Training step", "## torch.compile", "## Verdict"]
@@ -47,7 +47,7 @@ def test_dry_run_runs_every_section_from_a_checkout_nothing_installed(tmp_path):
 def test_a_backend_that_differs_from_the_reference_is_reported():
     x = torch.randn(3, 50)
     grad_y = torch.randn(3, 50)
-    right = gpu_check.check_backend(lambda t, **kw: __import__("kwta").kwta(t, backend="reference", **kw),
+    right = gpu.check_backend(lambda t, **kw: __import__("kwta").kwta(t, backend="reference", **kw),
                                     x, grad_y, torch.device("cpu"), {"ratio": 0.2})
     assert right == "ok"
 
@@ -55,14 +55,14 @@ def test_a_backend_that_differs_from_the_reference_is_reported():
         k = int(ratio * t.shape[1]) + 1
         return t * (t >= t.topk(k, dim=1).values[:, -1:])
 
-    wrong = gpu_check.check_backend(keeps_one_too_many, x, grad_y, torch.device("cpu"), {"ratio": 0.2})
+    wrong = gpu.check_backend(keeps_one_too_many, x, grad_y, torch.device("cpu"), {"ratio": 0.2})
     assert wrong == "DIFFERS: y, grad"
 
 
 def test_the_verdict_names_every_failure():
     rows = [{"case": "split rows", "shape": [2, 9], "dtype": "bf16", "backend": "triton", "device": "cuda",
              "result": "DIFFERS: y"}]
-    lines = gpu_check.report_lines(["- device: x"], {"correctness": rows}, ["1 correctness rows did not match"])
+    lines = gpu.report_lines(["- device: x"], {"correctness": rows}, ["1 correctness rows did not match"])
     assert "| triton | cuda | 0 | 1 |" in lines
     assert "| split rows | [2, 9] | bf16 | triton | cuda | DIFFERS: y |" in lines
     assert lines[-2] == "- 1 correctness rows did not match"
