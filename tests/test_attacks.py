@@ -233,7 +233,8 @@ def test_attack_finds_the_exactly_known_adversarials_of_a_linear_model(name):
     assert seconds[name] >= 0
 
 
-@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab", "square"])  # each part; the cascade runs in test_attack_script
+# each part of AutoAttack alone; the whole cascade runs in tests/test_attack_script.py
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab", "square"])
 def test_autoattack_at_its_standard_budget_finds_the_adversarials_of_a_ten_class_linear_model(name):
     model, images, labels = linear_ten_class()
     eps = 0.01
