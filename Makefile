@@ -4,7 +4,7 @@ STAMP := .venv/.requirements-installed
 
 .PHONY: setup demo results paper paper-mini test gpu-check lint bench
 
-# The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores).
+# The main job: train, attack and plot ReLU vs k-WTA on Fashion-MNIST (about 20 min on 2 CPU cores with bf16 in hardware).
 demo: setup
 	$(PY) -m scripts.demo
 

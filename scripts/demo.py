@@ -7,11 +7,11 @@ k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PG
     python -m scripts.demo --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
         --square-queries 5000 --restarts 5 --es-schedule 20x50,20x500,60x10000 --eot-samples 8    # a bigger run (GPU)
 
-The defaults fit about 20 minutes on 2 CPU cores (README, "The demo, measured"): 3,000 training images
-for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images, AutoAttack's
-iterations and Square's queries, PGD's restarts, es and eot below their defaults; the summary states
-every setting. A second run reuses every finished step (checkpoints, attack results, figures) and resumes
-a half-trained network. The pipeline itself is experiments/demo.py.
+The defaults fit about 20 minutes on 2 CPU cores with bf16 in hardware (docs/results/demo-bf16/): 3,000
+training images for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images,
+AutoAttack's iterations and Square's queries, PGD's restarts, es and eot below their defaults; the summary
+states every setting. A second run reuses every finished step (checkpoints, attack results, figures) and
+resumes a half-trained network. The pipeline itself is experiments/demo.py.
 """
 
 import argparse
