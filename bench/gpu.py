@@ -271,6 +271,58 @@ def speed(rig: Rig) -> tuple[dict, list[dict]]:
     return copy, rows
 
 
+def choice_cases(dry: bool) -> list[tuple[str, str, dict, list[tuple[int, int]]]]:
+    """(choice, the launcher module's attribute, variant -> value, (rows, N) shapes): what the launchers
+    pick by Triton version (the split histogram) or from static instruction counts (the one-program path's
+    digit width)."""
+    split = [(2, 5000)] if dry else [(128, 65536), (128, 8192), (32, 802816)]
+    one_program = [(4, 100)] if dry else [(16384, 128), (4096, 1024), (2048, 2048)]
+    return [("split-row histogram", "HISTOGRAM_BY_BALLOT", {"tl.histogram": False, "per-element atomics": True},
+             split),
+            ("one-program digit width", "ROW_DIGIT_WIDTH", {"5-bit": 5, "8-bit": 8, "11-bit": 11}, one_program)]
+
+
+def choices(rig: Rig) -> list[dict]:
+    """Each choice of choice_cases() made both ways on this Triton: the same bits as the launcher's own pick,
+    and the time per call (graph replay, rotating inputs), so that a GPU run says which costs less here."""
+    from kwta.kernels import triton_kwta
+    from kwta.kernels.reference import resolve_k
+
+    rows = []
+    for choice, attribute, variants, shapes in choice_cases(rig.dry):
+        own = getattr(triton_kwta, attribute)
+        for n_rows, n in shapes:
+            for dtype in (torch.float32, torch.bfloat16):
+                inputs = [torch.randn(n_rows, n, device=rig.device).to(dtype) for _ in range(ROTATING)]
+                k = resolve_k(n, RATIO, None)
+                with torch.no_grad():
+                    expected = triton_kwta.kwta_forward(inputs[0], k)
+                    for variant, value in variants.items():
+                        row = {"choice": choice, "shape": f"{n_rows}x{n}", "dtype": DTYPE_NAMES[str(dtype)[6:]],
+                               "variant": variant}
+                        setattr(triton_kwta, attribute, value)
+                        try:
+                            got = triton_kwta.kwta_forward(inputs[0], k)
+                            same = same_bits(got[0], expected[0]) and torch.equal(got[1], expected[1])
+                            row["result"] = "ok" if same else "DIFFERS"
+                            _, replay = time_forward(rig, lambda x, k=k: triton_kwta.kwta_forward(x, k), inputs)
+                            row["replay us"] = replay * 1e6
+                        except Exception as error:
+                            row["result"] = "ERROR: " + first_line(error)
+                        finally:
+                            setattr(triton_kwta, attribute, own)
+                        rows.append(row)
+                mine = [r for r in rows[-len(variants):] if "replay us" in r]
+                if mine:
+                    fastest = min(mine, key=lambda r: r["replay us"])
+                    for r in mine:
+                        r["x fastest"] = r["replay us"] / fastest["replay us"]
+                print(" | ".join(f"{r['choice']} {r['shape']} {r['dtype']} {r['variant']}: {r['result']} "
+                                 f"{number(r.get('replay us', float('nan')))} us" for r in rows[-len(variants):]),
+                      flush=True)
+    return rows
+
+
 SPEED_COLUMNS = [("eager us", "triton_eager_us"), ("replay us", "triton_replay_us"),
                  ("backward replay us", "triton_backward_replay_us"), ("GB/s", "triton_GB/s"),
                  ("of copy", "fraction_of_copy"), ("topk eager us", "topk_eager_us"),
@@ -390,6 +442,10 @@ def report_lines(header: list[str], sections: dict, failures: list[str]) -> list
         errors = [f"- {row['shape']} {row['dtype']}: {key} {value}" for row in rows
                   for key, value in row.items() if key.endswith("error")]
         lines += (["Errors:", *errors, ""] if errors else [])
+    if isinstance(sections.get("choices"), list):
+        lines += ["## The launchers' choices, both ways (k-WTA forward, ratio 0.2, graph replay, 4 rotating inputs)",
+                  "", *markdown_table(sections["choices"], ["choice", "shape", "dtype", "variant", "result",
+                                                             "replay us", "x fastest"]), ""]
     if isinstance(sections.get("training"), list):
         lines += ["## Training step: resnet18-cifar, 1x28x28, bf16 autocast, channels-last", "",
                   *markdown_table(sections["training"], ["network", "batch", "ms per step", "x ReLU", "warm-up s"]),
@@ -429,7 +485,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     sections, failures, seconds = {}, [], {}
     steps = [("correctness", correctness), ("cuda graph", cuda_graph),
              ("speed", lambda r: dict(zip(("copy", "shapes"), speed(r), strict=True))),
-             ("profile", profile), ("training", training), ("compile", compiled)]
+             ("choices", choices), ("profile", profile), ("training", training), ("compile", compiled)]
     for name, step in steps:
         print(f"\n== {name}", flush=True)
         began = time.perf_counter()
@@ -443,7 +499,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(f"   {name}: {seconds[name]:.1f} s", flush=True)
     bad = [r for r in sections.get("correctness") or [] if isinstance(r, dict)
            and r["result"] != "ok" and not r["result"].startswith("skipped")]
-    bad += [r for r in sections.get("cuda graph") or [] if isinstance(r, dict) and r["result"] != "ok"]
+    bad += [r for section in ("cuda graph", "choices") for r in sections.get(section) or []
+            if isinstance(r, dict) and r["result"] != "ok"]
     if bad:
         failures.append(f"{len(bad)} correctness rows did not match the reference (the tables above)")
     header.append(f"- took {time.perf_counter() - started:.0f} s (" +

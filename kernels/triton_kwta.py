@@ -4,12 +4,29 @@ Math. Each element becomes an order-preserving int32 key (float16 and bfloat16 a
 first, which is exact):
     key = +|x|bits for x >= 0,   -|x|bits for x < 0,   NAN_KEY (just above +inf's) for NaN,
 so -0.0 and +0.0 share key 0 and NaN orders above +inf, as docs/operator.md specifies. The threshold key T
-is the k-th largest key of the row, found digit by digit, most significant first:
-    pass 0: bits 31..21 (sign, exponent, 2 mantissa bits)    2048 bins
-    pass 1: bits 20..10 of the keys that matched pass 0      2048 bins
-    pass 2: bits  9..0  of the keys that matched pass 1      1024 bins (float32 only)
-Each pass histograms one digit of the remaining candidates, and the bin that holds the k-th largest
-becomes the next prefix. Widened 16-bit floats have ten zero low bits, so two passes decide them.
+is the k-th largest key of the row, found digit by digit, most significant first: each pass histograms one
+digit of the remaining candidates, and the bin that holds the k-th largest becomes the next prefix. A
+digit of WIDTH bits takes bits 31 - WIDTH * p down to 32 - WIDTH * (p + 1) in pass p (the last one
+narrower where WIDTH does not divide 32; the first holds the sign). Widened 16-bit floats have at least 13
+zero low bits (NaN's key 21), so their passes stop at bit 13. The widths, chosen from the compiled code
+(SASS instructions per element on sm_90, Triton 3.8 and 3.6, kernels/aot.py):
+  * one program per row: ROW_DIGIT_WIDTH = 5, 32 bins (one per lane of a warp), 7 passes for float32 and 4
+    for 16-bit floats. Every pass zeroes and scans its bins whatever N is, and Triton 3.6 lowers
+    tl.histogram by warp ballots at about bins / 32 instructions per element, so few bins cost least on
+    both versions. float32, BLOCK 128 / 2048, Triton 3.8 then 3.6:
+        | width | passes | 3.8 | 3.6 |
+        |---|---|---|---|
+        | 4 | 8 | 494 / 139 | 659 / 250 |
+        | 5 | 7 | 348 / 114 | 505 / 231 |
+        | 6 | 6 | 441 / 118 | 660 / 255 |
+        | 8 | 4 | 525 / 101 | 802 / 308 |
+        | 11 (11, 11, 10) | 3 | 1606 / 182 | 2327 / 806 |
+    5 bits is the least at every BLOCK on 3.6 and at BLOCK 128-512 on 3.8, and within 13% of 8 bits at
+    BLOCK 1024-2048 there.
+  * split rows: 11, 11 and 10 bits (2048, 2048 and 1024 bins). Pass 0 runs over the whole row, and its
+    chosen bin is all that the second launch leaves undecided: 2048 bins leave a few percent of a row
+    (a quarter of a binade), where 32 bins (whole exponent ranges) would leave most of it to the row's
+    last program. Its later passes run on that list alone.
 Then winners = key >= T (ties at T and NaN all win), y = x on winners and +0.0 elsewhere, and one bit
 per element (bit i % 8 of byte i // 8, rows padded to whole 32-bit words: kernels/reference.py's mask
 layout) records the winners for the backward.
@@ -18,25 +35,27 @@ Three forward paths, all free of host synchronisation (no .item(), grid sizes de
 so the op can be captured in CUDA graphs:
   * rows of N <= SHORT_ROW_MAX (32; channel mode on 4x4 maps): SHORT_ROWS rows per program, and no
     histogram. An element wins iff fewer than k keys of its row are larger, which is exactly key >= the
-    k-th largest (ties and NaN included): 32 comparisons per element, where each histogram pass of the
-    next path scans 2048 bins whatever N is. The compiled code says where to stop: on rows of up to 32
-    the compare costs 231-316 SASS instructions per element (Triton 3.8, sm_90) against 1606 for the
-    one-program kernel at its smallest BLOCK; a 64-wide compare (2 rows of 64, or 1 to stay clear of
-    spills) came to 1304-1946, no better than the histogram. Bytes per element: the floor, as below.
+    k-th largest (ties and NaN included): 32 comparisons per element. The compiled code says where to
+    stop: the compare costs 231-316 SASS instructions per element slot (Triton 3.8, sm_90), where the
+    one-program kernel's smallest BLOCK (128 slots) costs 348 per slot, so about 4 times more per element
+    of a row of 32 and 8 times of a row of 16; a 64-wide compare (2 rows of 64, or 1 to stay clear of
+    spills) came to 1304-1946 per slot. Bytes per element: the floor, as below.
   * rows of N <= ROW_MAX (2048): one program per row holds the row in registers for every pass.
     Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
   * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
     takes a ticket from a per-row counter after its own work, and the program that draws the last one
     finishes the row for all of them (no program waits for another, so co-residency is never assumed):
       1. each chunk adds its pass-0 histogram into the row's (relaxed atomics: nothing reads it before the
-         ticket); the last one picks the bin and leaves (prefix, k_left), two ints, for launch 2;
+         ticket), by tl.histogram and one add per nonzero bin, or one add per element where tl.histogram
+         lowers to ballots; the last one picks the bin and leaves (prefix, k_left), two ints, for launch 2;
       2. each chunk writes y and the mask bits of every element pass 0 already decides (above or below the
          chosen bin) and appends the rest, the chosen bin's few percent, to the row's candidate list (raw
          bits and position); the last one runs the remaining passes over that list and writes the
          candidates' y and mask bits (32-bit atomic OR).
     Bytes per element: two reads of x, write y, 1/8 mask -> 3 * itemsize + 0.125, plus the candidates'
     list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
-    in atomics; no program re-reads another's histogram. The list's buffer is allocated (torch.empty, no
+    in atomics (4 bytes per element where each element adds itself); no program re-reads another's
+    histogram. The list's buffer is allocated (torch.empty, no
     launch) for every element, since a row's candidates can be all of it: 8 bytes per element of memory,
     of which only the chosen bin's few percent is touched. The per-row scratch is STATE_WORDS int32: the
     histogram, tickets and cursor, which every call leaves zero, and the (prefix, k_left) state, written
@@ -55,29 +74,33 @@ elements it holds; the split kernels' count includes the last program's finishin
     | _kwta_backward_kernel | 8 | 3.8.0 | 14-60 | 0 | 0 | 2-18 |
     | _kwta_backward_kernel | 8 | 3.6.0 | 14-57 | 0 | 0 | 2-18 |
     | _kwta_short_rows_kernel | 4 | 3.8.0 | 28-32 | 512 | 0 | 231-316 |
-    | _kwta_short_rows_kernel | 4 | 3.6.0 | 31-67 | 512 | 0 | 224-784 |
-    | _kwta_row_kernel | 4 | 3.8.0 | 48-80 | 8192 | 0 | 169-1614 |
-    | _kwta_row_kernel | 4 | 3.6.0 | 72-255 | 8192 | 0 | 658-2327 |
-    | _kwta_row_kernel | 8 | 3.8.0 | 62-68 | 8192 | 0 | 128-182 |
-    | _kwta_row_kernel | 8 | 3.6.0 | 188-255 | 8192 | 0 | 614-832 |
+    | _kwta_short_rows_kernel | 4 | 3.6.0 | 31-74 | 512 | 0 | 224-784 |
+    | _kwta_row_kernel | 4 | 3.8.0 | 23-40 | 128 | 0 | 62-348 |
+    | _kwta_row_kernel | 4 | 3.6.0 | 30-56 | 128 | 0 | 151-505 |
+    | _kwta_row_kernel | 8 | 3.8.0 | 32-40 | 128-256 | 0 | 62-114 |
+    | _kwta_row_kernel | 8 | 3.6.0 | 48-80 | 256 | 0 | 151-231 |
     | _kwta_split_hist_kernel | 8 | 3.8.0 | 30-37 | 8192 | 0 | 31-38 |
-    | _kwta_split_hist_kernel | 8 | 3.6.0 | 176-194 | 8192 | 0 | 253-259 |
+    | _kwta_split_hist_kernel | 8 | 3.6.0 | 48 | 64 | 0 | 35-38 |
     | _kwta_split_mask_kernel | 8 | 3.8.0 | 108-147 | 8192-32768 | 0 | 84-140 |
-    | _kwta_split_mask_kernel | 8 | 3.6.0 | 120-169 | 8192-32768 | 0 | 140-168 |
+    | _kwta_split_mask_kernel | 8 | 3.6.0 | 127-158 | 8192 | 0 | 140-168 |
 
-Triton features used: tl.histogram, scalar atomics with sem= (relaxed, acq_rel), atomic_or, cache_modifier
-".cg", tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported
-(what torch 2.11 brings). Triton 3.6 lowers tl.histogram by warp ballots and popcounts, about bins / 32
-instructions per element, where 3.8 issues one shared-memory atomic per element: on 3.6 every kernel
-that histograms costs several times more per element (the table). The short-row kernel's all-pairs
-compare costs the same on both in float32; with 16-bit inputs 3.6 spends 2.1-3.0 times 3.8's instructions
-on it (617-784 against 231-316: layout changes).
+Triton features used: tl.histogram, atomics with sem= (relaxed, acq_rel), atomic_or, cache_modifier ".cg",
+tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported (what torch
+2.11 brings). Tritons before 3.8 (3.6.0 and 3.7.1 compiled here) lower tl.histogram by warp ballots and
+popcounts, about bins / 32 instructions per element, where 3.8 issues one shared-memory atomic per element.
+Hence 32-bin digits where one program holds the row (3.6 costs 1.45-2.2 times 3.8 per launch there, at
+most 1.6 times per kernel and dtype), and per-element atomics for the split path's pass 0 on those
+versions (HISTOGRAM_BY_BALLOT). The short-row kernel's all-pairs compare costs the same on both in float32;
+with 16-bit inputs 3.6 spends 2.3-3.1 times 3.8's instructions on it (715-784 against 257-316): it moves
+the 16-bit inputs, not their keys, into the compare's two layouts and keys each copy again.
 
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
 range; only int32 arithmetic is used on keys (no uint32 `~`). The interpreter also reads plain module
 globals that the GPU compiler rejects, which is why kernels/aot.py compiles every specialization.
 """
+
+import re
 
 import torch
 import triton
@@ -88,12 +111,13 @@ MIN_BLOCK = 128  # one element per thread of the four warps the one-program path
 # A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
 # globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
 BINS = tl.constexpr(2048)
-# The one-program path takes rows up to ROW_MAX elements, with 4 warps up to BLOCK 1024 and 8 at 2048: Triton
-# 3.6's ballot histogram needs 255 registers per thread at either, and spilled at BLOCK 4096 (8 warps), while
-# 16 warps cap a thread at 128 registers and spill much more. Longer rows take the split path.
+# The one-program path takes rows up to ROW_MAX elements, with 4 warps up to BLOCK 1024 and 8 at 2048 (23-80
+# registers per thread with 32-bin digits). Longer rows take the split path, whose chunks spread a row over
+# many SMs.
 ROW_MAX = 2048
 LAST_BINS = tl.constexpr(1024)  # the 10-bit digit of float32's pass 2
 CANDIDATE_BLOCK = 256  # candidates the split path's last program narrows per step
+ROW_DIGIT_WIDTH = 5  # bits per digit of the one-program path: 32 bins, one per lane of a warp (see above)
 
 
 @triton.jit
@@ -106,35 +130,50 @@ def _order_key(x):
 
 
 @triton.jit
-def _digit(key, PASS: tl.constexpr):
-    if PASS == 0:
-        return ((key >> 21) + 1024) & 2047
-    elif PASS == 1:
-        return (key >> 10) & 2047
+def _digit(key, PASS: tl.constexpr, WIDTH: tl.constexpr):
+    """Digit PASS of a key, most significant first: bits 31 - WIDTH * PASS down to 32 - WIDTH * (PASS + 1) (or
+    0: the last digit may be narrower). The first holds the sign, offset by half its bins to sort unsigned."""
+    if 32 - WIDTH * (PASS + 1) > 0:
+        digit = key >> (32 - WIDTH * (PASS + 1))
+        if PASS == 0:
+            digit += 1 << (WIDTH - 1)
+        digit = digit & ((1 << WIDTH) - 1)
     else:
-        return key & 1023
+        digit = key & ((1 << (32 - WIDTH * PASS)) - 1)
+    return digit
 
 
 @triton.jit
-def _is_candidate(key, prefix, PASS: tl.constexpr):
-    """Whether `key` matched the digits chosen by the passes before PASS (prefix = key >> shift)."""
+def _is_candidate(key, prefix, PASS: tl.constexpr, WIDTH: tl.constexpr):
+    """Whether `key` matched the digits chosen by the passes before PASS (prefix = key >> their shift)."""
     if PASS == 0:
-        return key == key
-    elif PASS == 1:
-        return (key >> 21) == prefix
+        match = key == key
     else:
-        return (key >> 10) == prefix
+        match = (key >> (32 - WIDTH * PASS)) == prefix
+    return match
 
 
 @triton.jit
-def _descend(prefix, chosen_bin, PASS: tl.constexpr):
-    """The prefix (key >> shift of pass PASS) once bin `chosen_bin` of pass PASS holds the k-th largest."""
+def _descend(prefix, chosen_bin, PASS: tl.constexpr, WIDTH: tl.constexpr):
+    """The prefix (key >> the shift of pass PASS) once bin `chosen_bin` of pass PASS holds the k-th largest."""
     if PASS == 0:
-        return chosen_bin - 1024
-    elif PASS == 1:
-        return prefix * 2048 + chosen_bin
+        prefix = chosen_bin - (1 << (WIDTH - 1))
+    elif 32 - WIDTH * (PASS + 1) > 0:
+        prefix = prefix * (1 << WIDTH) + chosen_bin
     else:
-        return prefix * 1024 + chosen_bin
+        prefix = prefix * (1 << (32 - WIDTH * PASS)) + chosen_bin
+    return prefix
+
+
+@triton.jit
+def _threshold_key(prefix, NUM_PASSES: tl.constexpr, WIDTH: tl.constexpr):
+    """The threshold key once NUM_PASSES digits are chosen (the bits below them are zero in every key that
+    needs fewer passes: widened 16-bit floats)."""
+    if 32 - WIDTH * NUM_PASSES > 0:
+        threshold = prefix * (1 << (32 - WIDTH * NUM_PASSES))
+    else:
+        threshold = prefix
+    return threshold
 
 
 @triton.jit
@@ -152,15 +191,6 @@ def _histogram_select(digit, mask, k_left, NUM_BINS: tl.constexpr):
 
 
 @triton.jit
-def _threshold_key(prefix, NUM_PASSES: tl.constexpr):
-    if NUM_PASSES == 2:
-        threshold = prefix * 1024  # 16-bit floats: the last ten key bits are zero
-    else:
-        threshold = prefix
-    return threshold
-
-
-@triton.jit
 def _pack_bytes(winners, BLOCK: tl.constexpr):
     """Bit i % 8 of byte i // 8 for each element i of a BLOCK: the mask's bytes (packing eight lanes, not 32,
     keeps the reduction's layout small: 32-lane packing made Triton 3.6 spill the one-program kernel)."""
@@ -169,7 +199,8 @@ def _pack_bytes(winners, BLOCK: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr):
+def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASSES: tl.constexpr,
+                     WIDTH: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK)
     in_row = offsets < n
@@ -178,13 +209,13 @@ def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASS
     prefix = 0
     k_left = k
     for p in tl.static_range(NUM_PASSES):
-        candidates = in_row & _is_candidate(key, prefix, p)
-        if p == 2:
-            chosen_bin, k_left = _histogram_select(_digit(key, p), candidates, k_left, LAST_BINS)
-        else:
-            chosen_bin, k_left = _histogram_select(_digit(key, p), candidates, k_left, BINS)
-        prefix = _descend(prefix, chosen_bin, p)
-    winners = in_row & (key >= _threshold_key(prefix, NUM_PASSES))
+        candidates = in_row & _is_candidate(key, prefix, p, WIDTH)
+        if 32 - WIDTH * (p + 1) >= 0:
+            chosen_bin, k_left = _histogram_select(_digit(key, p, WIDTH), candidates, k_left, 1 << WIDTH)
+        else:  # the last digit, narrower
+            chosen_bin, k_left = _histogram_select(_digit(key, p, WIDTH), candidates, k_left, 1 << (32 - WIDTH * p))
+        prefix = _descend(prefix, chosen_bin, p, WIDTH)
+    winners = in_row & (key >= _threshold_key(prefix, NUM_PASSES, WIDTH))
     tl.store(y_ptr + row * n + offsets, tl.where(winners, x, 0.0), mask=in_row)
     n_bytes = 4 * ((n + 31) // 32)  # whole words: the padding bytes get zero bits
     byte_offsets = tl.arange(0, BLOCK // 8)
@@ -229,23 +260,28 @@ STATE_WORDS = tl.constexpr(2056)  # a multiple of 8 (32-byte rows)
 
 
 @triton.jit(do_not_specialize=["k"])
-def _kwta_split_hist_kernel(x_ptr, state_ptr, n, k, CHUNK: tl.constexpr):
-    """Pass 0 of a long row: each chunk adds its histogram to the row's; the last chunk to finish picks the bin."""
+def _kwta_split_hist_kernel(x_ptr, state_ptr, n, k, CHUNK: tl.constexpr, ATOMIC_HISTOGRAM: tl.constexpr):
+    """Pass 0 of a long row: each chunk adds its histogram to the row's; the last chunk to finish picks the bin.
+    ATOMIC_HISTOGRAM: each element adds its own 1 to the row's bin, for Tritons whose tl.histogram costs
+    about bins / 32 instructions per element (HISTOGRAM_BY_BALLOT)."""
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     in_row = offsets < n
     key = _order_key(tl.load(x_ptr + row * n + offsets, mask=in_row, other=0.0))
     state = state_ptr + row * STATE_WORDS
     bins = tl.arange(0, BINS)
-    hist = tl.histogram(_digit(key, 0), BINS, mask=in_row)
     # relaxed: nothing reads the histogram before the ticket below says every chunk has added to it
-    tl.atomic_add(state + bins, hist, mask=hist > 0, sem="relaxed")
+    if ATOMIC_HISTOGRAM:
+        tl.atomic_add(state + _digit(key, 0, 11), 1, mask=in_row, sem="relaxed")
+    else:
+        hist = tl.histogram(_digit(key, 0, 11), BINS, mask=in_row)
+        tl.atomic_add(state + bins, hist, mask=hist > 0, sem="relaxed")
     tl.debug_barrier()  # every thread's adds, then one release: the ticket
     ticket = tl.atomic_add(state + TICKET_0, 1, sem="acq_rel")
     if ticket == tl.num_programs(1) - 1:
         total = tl.load(state + bins, cache_modifier=".cg")
         chosen_bin, k_left = _select_bin(total, k, BINS)
-        tl.store(state + PREFIX, _descend(0, chosen_bin, 0))
+        tl.store(state + PREFIX, _descend(0, chosen_bin, 0, 11))
         tl.store(state + K_LEFT, k_left)
         tl.store(state + bins, tl.zeros([BINS], tl.int32))
         tl.store(state + TICKET_0, 0)
@@ -320,9 +356,9 @@ def _narrow(cand_bits, count, prefix, k_left, PASS: tl.constexpr, NUM_BINS: tl.c
     hist = tl.zeros([NUM_BINS], tl.int32)
     for start in range(0, count, BLOCK_C):
         _, key, valid = _candidate_keys(cand_bits, start, lanes, count, DTYPE)
-        hist += tl.histogram(_digit(key, PASS), NUM_BINS, mask=valid & _is_candidate(key, prefix, PASS))
+        hist += tl.histogram(_digit(key, PASS, 11), NUM_BINS, mask=valid & _is_candidate(key, prefix, PASS, 11))
     chosen_bin, k_left = _select_bin(hist, k_left, NUM_BINS)
-    return _descend(prefix, chosen_bin, PASS), k_left
+    return _descend(prefix, chosen_bin, PASS, 11), k_left
 
 
 @triton.jit
@@ -333,7 +369,7 @@ def _narrow_and_write(y_row, words, cand_bits, cand_pos, count, prefix, k_left, 
     prefix, k_left = _narrow(cand_bits, count, prefix, k_left, 1, BINS, dtype, BLOCK_C)
     if NUM_PASSES == 3:
         prefix, k_left = _narrow(cand_bits, count, prefix, k_left, 2, LAST_BINS, dtype, BLOCK_C)
-    threshold = _threshold_key(prefix, NUM_PASSES)
+    threshold = _threshold_key(prefix, NUM_PASSES, 11)
     lanes = tl.arange(0, BLOCK_C)
     for start in range(0, count, BLOCK_C):
         x, key, valid = _candidate_keys(cand_bits, start, lanes, count, dtype)
@@ -354,8 +390,24 @@ def _kwta_backward_kernel(grad_y_ptr, words_ptr, grad_x_ptr, n, CHUNK: tl.conste
     tl.store(grad_x_ptr + row * n + offsets, tl.where(winners, grad_y, 0.0), mask=in_row)
 
 
-def _num_passes(dtype: torch.dtype) -> int:
-    return 3 if dtype == torch.float32 else 2
+def _num_passes(dtype: torch.dtype, width: int) -> int:
+    """Digits of `width` bits (the last one narrower) that decide a key: float32's 32 bits, or the top 19 of
+    a widened 16-bit float, whose low 13 bits are zero (NaN's key has 21)."""
+    return -(-(32 if dtype == torch.float32 else 19) // width)
+
+
+def _triton_version(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+# Tritons before HISTOGRAM_BY_ATOMICS (3.7.1 and 3.6.0 compiled here) lower tl.histogram by warp ballots and
+# popcounts, about bins / 32 instructions per element: 2048 bins made the split histogram kernel 253-259 SASS
+# instructions per element on 3.6 (225 for a bare 2048-bin tl.histogram on 3.7.1), against 31-38 with 3.8's
+# one shared-memory atomic per element. On those versions each element of a split row adds itself to the
+# row's histogram instead (35-38).
+HISTOGRAM_BY_ATOMICS = (3, 8)
+HISTOGRAM_BY_BALLOT = _triton_version(triton.__version__) < HISTOGRAM_BY_ATOMICS
 
 
 _states: dict[tuple, torch.Tensor] = {}  # (device, stream) -> the split path's scratch, all zero between calls
@@ -380,25 +432,25 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     y = torch.empty_like(rows)
     words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)  # the mask, as words
     mask = words.view(torch.uint8)  # and as bytes
-    num_passes = _num_passes(rows.dtype)
     if n <= SHORT_ROW_MAX:
         _kwta_short_rows_kernel[(triton.cdiv(n_rows, SHORT_ROWS),)](rows, y, words, n_rows, n, k, ROWS=SHORT_ROWS,
                                                                    BLOCK=SHORT_ROW_MAX, num_warps=4)
         return y, mask
     if n <= min(ROW_MAX, TILE):
-        # The 2048-bin histogram, not the row, sets the register budget: spread over one warp it takes
-        # 254 registers per thread (BLOCK 512, ptxas, Triton 3.8); over four, 48-121 up to BLOCK 2048.
         block = max(triton.next_power_of_2(n), MIN_BLOCK)
-        _kwta_row_kernel[(n_rows,)](rows, y, mask, n, k, BLOCK=block, NUM_PASSES=num_passes,
+        _kwta_row_kernel[(n_rows,)](rows, y, mask, n, k, BLOCK=block,
+                                    NUM_PASSES=_num_passes(rows.dtype, ROW_DIGIT_WIDTH), WIDTH=ROW_DIGIT_WIDTH,
                                     num_warps=8 if block == 2048 else 4)
         return y, mask
     grid = (n_rows, triton.cdiv(n, TILE))
     state = _state(n_rows, rows.device)
     candidates = torch.empty((2, n_rows, n), dtype=torch.int32, device=rows.device)  # bits, positions
     try:
-        _kwta_split_hist_kernel[grid](rows, state, n, k, CHUNK=TILE, num_warps=8)
+        _kwta_split_hist_kernel[grid](rows, state, n, k, CHUNK=TILE, ATOMIC_HISTOGRAM=HISTOGRAM_BY_BALLOT,
+                                      num_warps=8)
         _kwta_split_mask_kernel[grid](rows, y, mask, words, state, candidates[0], candidates[1], n,
-                                      NUM_PASSES=num_passes, CHUNK=TILE, BLOCK_C=CANDIDATE_BLOCK, num_warps=8)
+                                      NUM_PASSES=_num_passes(rows.dtype, 11), CHUNK=TILE, BLOCK_C=CANDIDATE_BLOCK,
+                                      num_warps=8)
     except BaseException:
         _states.clear()  # a launch that failed part-way may leave its scratch dirty
         raise

@@ -18,6 +18,10 @@ as it finishes, and ends with one report, also written to --out (report.md, repo
                has just written x); the backward's replay; GB/s of the floor's bytes (read x, write y and
                the 1/8-byte mask) and its fraction of a same-shape copy's GB/s; the paper's topk formula
                and torch.kthvalue beside
+  choices      what the launchers pick by Triton version or BLOCK, made both ways on this Triton: the split
+               path's pass-0 histogram (tl.histogram, or per-element atomics where tl.histogram lowers to
+               ballots) and the one-program path's digit width (5, 8 or 11 bits); same bits as the pick, and
+               the replay time per call of each, so that the run says which costs less on this GPU
   profile      torch.profiler's per-kernel table of k-WTA forward and backward on one shape
   training     a bf16 channels-last resnet18-cifar training step (python -m bench.training's), k-WTA 0.2
                against ReLU

@@ -16,10 +16,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _compiles(item) -> bool:
+    """Whether a test uses tests/test_aot.py's compiles (its fixtures compiled, compiled_by_every_version)."""
+    return any(name.startswith("compiled") for name in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a GPU: skipped, not failed, without one. The ahead-of-time compile tests run
     last, so that their compiles (started below) overlap everything else."""
-    items.sort(key=lambda item: "compiled" in getattr(item, "fixturenames", ()))
+    items.sort(key=lambda item: _compiles(item))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check on a GPU machine)")
@@ -30,6 +35,6 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """Start tests/test_aot.py's compiles in the background as soon as its tests are collected."""
-    users = [item for item in session.items if "compiled" in getattr(item, "fixturenames", ())]
+    users = [item for item in session.items if _compiles(item)]
     if users and not session.config.option.collectonly:
         users[0].module.start_compiles(Path(tempfile.mkdtemp(prefix="kwta-aot-")))

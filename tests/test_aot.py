@@ -66,21 +66,30 @@ def start_compiles(folder: Path) -> None:
                                   table)
 
 
-@pytest.fixture(scope="module", params=list(TRITON_PATHS))
-def compiled(request, tmp_path_factory):
+def finished_compile(version: str, tmp_path_factory) -> tuple[str, list[dict], str]:
     """Every launcher specialization compiled for sm_80 and sm_90 by one Triton version: (version, rows, stdout)."""
-    folder = TRITON_PATHS[request.param]
+    folder = TRITON_PATHS[version]
     if folder is not None:
-        assert (folder / "triton").is_dir(), f"Triton {request.param} is not installed in {folder}: run make setup"
+        assert (folder / "triton").is_dir(), f"Triton {version} is not installed in {folder}: run make setup"
     start_compiles(tmp_path_factory.mktemp("aot"))  # a no-op when conftest.py started them already
-    process, table = _COMPILES[request.param]
+    process, table = _COMPILES[version]
     process.wait(timeout=1800)
     stdout = table.with_suffix(".log").read_text()
     assert process.returncode == 0, stdout[-6000:]
     report = json.loads(table.read_text())
     if folder is not None:
-        assert report["triton"] == request.param
+        assert report["triton"] == version
     return report["triton"], report["compiled"], stdout
+
+
+@pytest.fixture(scope="module", params=list(TRITON_PATHS))
+def compiled(request, tmp_path_factory):
+    return finished_compile(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def compiled_by_every_version(tmp_path_factory):
+    return {version: finished_compile(version, tmp_path_factory) for version in TRITON_PATHS}
 
 
 def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills(compiled):
@@ -118,6 +127,30 @@ def test_sass_instructions_per_element_stay_within_their_budgets(compiled):
     assert set(worst) == set(budgets), (version, worst)
     over = {kernel: round(value, 1) for kernel, value in worst.items() if value > budgets[kernel]}
     assert not over, f"Triton {version}: SASS instructions per element over budget: {over} (budgets {budgets})"
+
+
+def worst_per_kernel_and_dtype(results: list[dict]) -> dict[tuple, float]:
+    """The most SASS instructions per element on sm_90 per kernel and dtype."""
+    worst = {}
+    for r in results:
+        if r["arch"] == 90:
+            key = (r["kernel"], r["dtype"])
+            worst[key] = max(worst.get(key, 0), r["per_element"])
+    return worst
+
+
+def test_the_oldest_triton_costs_at_most_twice_the_pinned_one_per_element(compiled_by_every_version):
+    """kernels/cost.py's OLDEST_RATIO, with its one exception, per kernel and dtype."""
+    from kwta.kernels.cost import OLDEST_RATIO, OLDEST_RATIO_EXCEPTIONS
+
+    if OLDEST not in compiled_by_every_version:
+        pytest.skip(f"only one Triton here ({', '.join(compiled_by_every_version)})")
+    pinned = worst_per_kernel_and_dtype(compiled_by_every_version["pinned"][1])
+    oldest = worst_per_kernel_and_dtype(compiled_by_every_version[OLDEST][1])
+    assert set(oldest) == set(pinned)
+    over = {key: round(oldest[key] / pinned[key], 2) for key in pinned
+            if oldest[key] > OLDEST_RATIO_EXCEPTIONS.get(key, OLDEST_RATIO) * pinned[key]}
+    assert not over, f"Triton {OLDEST} against the pinned one, SASS per element, ratio: {over}"
 
 
 def test_the_check_catches_what_only_the_interpreter_accepts(tmp_path):

@@ -120,13 +120,35 @@ def test_non_contiguous_input(backend):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile", [64, 256])
-def test_triton_split_rows_match_reference(monkeypatch, dtype, tile):
-    """Rows longer than a tile are split over programs that merge histograms with atomics."""
+@pytest.mark.parametrize("ballot", [False, True], ids=["histogram", "atomics"])
+def test_triton_split_rows_match_reference(monkeypatch, dtype, tile, ballot):
+    """Rows longer than a tile are split over programs that merge histograms with atomics; where Triton
+    lowers tl.histogram by ballots, every element adds itself to the row's histogram instead."""
     monkeypatch.setattr(triton_kwta, "TILE", tile)
+    monkeypatch.setattr(triton_kwta, "HISTOGRAM_BY_BALLOT", ballot)
     x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(tile)).to(dtype)
     for k in (1, 500, 1000):
         check_against_reference(x, "triton", k=k)
     check_against_reference(special_values((2, 5, 7, 11), dtype, seed=3), "triton", ratio=0.25)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [5, 8, 11])
+def test_triton_one_program_rows_match_reference_at_any_digit_width(monkeypatch, dtype, width):
+    """Rows of 33 to 2048 in one program, by digits of `width` bits, the last one narrower where the width does
+    not divide the key's bits: 5 (the launcher's; 7 passes for float32, 4 for 16-bit floats), 8, 11."""
+    monkeypatch.setattr(triton_kwta, "ROW_DIGIT_WIDTH", width)
+    generator = torch.Generator().manual_seed(width)
+    for n in (33, 100, 700, 2048):
+        x = (torch.randn(3, n, generator=generator) * 10.0 ** torch.randint(-3, 4, (3, n), generator=generator))
+        for k in (1, n // 3, n):
+            check_against_reference(x.to(dtype), "triton", k=k)
+    check_against_reference(special_values((2, 5, 7, 11), dtype, seed=4), "triton", ratio=0.25)
+
+
+def test_triton_version_parsing():
+    assert triton_kwta._triton_version("3.6.0") == (3, 6)
+    assert triton_kwta._triton_version("3.10.1+git4f2c") == (3, 10)
 
 
 def test_triton_split_path_hands_its_scratch_on_clean(monkeypatch):
