@@ -1,4 +1,5 @@
-"""Fused Triton k-WTA: a radix-histogram select of each row's k-th largest value, then the mask.
+"""Fused Triton k-WTA: each row's k-th largest value by a radix-histogram select (a sort for short rows), then
+the mask.
 
 Math. Each element becomes an order-preserving int32 key (float16 and bfloat16 are widened to float32
 first, which is exact):
@@ -8,21 +9,22 @@ is the k-th largest key of the row, found digit by digit, most significant first
 digit of the remaining candidates, and the bin that holds the k-th largest becomes the next prefix. A
 digit of WIDTH bits takes bits 31 - WIDTH * p down to 32 - WIDTH * (p + 1) in pass p (the last one
 narrower where WIDTH does not divide 32; the first holds the sign). Widened 16-bit floats have at least 13
-zero low bits (NaN's key 21), so their passes stop at bit 13. The widths, chosen from the compiled code
+zero low bits (NaN's key 21), so their passes stop at bit 13; keys from their own 16 bits would take as many
+passes (4 of 5 bits, 2 of 11), so they are widened. The widths, chosen from the compiled code
 (SASS instructions per element on sm_90, Triton 3.8 and 3.6, kernels/aot.py):
   * one program per row: ROW_DIGIT_WIDTH = 5, 32 bins (one per lane of a warp), 7 passes for float32 and 4
     for 16-bit floats. Every pass zeroes and scans its bins whatever N is, and Triton 3.6 lowers
     tl.histogram by warp ballots at about bins / 32 instructions per element, so few bins cost least on
-    both versions. float32, BLOCK 128 / 2048, Triton 3.8 then 3.6:
+    both versions. float32, BLOCK 512 / 2048, Triton 3.8 then 3.6:
         | width | passes | 3.8 | 3.6 |
         |---|---|---|---|
-        | 4 | 8 | 494 / 139 | 659 / 250 |
-        | 5 | 7 | 348 / 114 | 505 / 231 |
-        | 6 | 6 | 441 / 118 | 660 / 255 |
-        | 8 | 4 | 525 / 101 | 802 / 308 |
-        | 11 (11, 11, 10) | 3 | 1606 / 182 | 2327 / 806 |
-    5 bits is the least at every BLOCK on 3.6 and at BLOCK 128-512 on 3.8, and within 13% of 8 bits at
-    BLOCK 1024-2048 there.
+        | 4 | 8 | 190 / 139 | 346 / 250 |
+        | 5 | 7 | 149 / 114 | 310 / 231 |
+        | 6 | 6 | 165 / 118 | 346 / 255 |
+        | 8 | 4 | 170 / 101 | 424 / 308 |
+        | 11 (11, 11, 10) | 3 | 435 / 182 | 1080 / 806 |
+    5 bits is the least at every BLOCK on 3.6 and at BLOCK 512 on 3.8, and within 13% of 8 bits at BLOCK
+    1024-2048 there.
   * split rows: 11, 11 and 10 bits (2048, 2048 and 1024 bins). Pass 0 runs over the whole row, and its
     chosen bin is all that the second launch leaves undecided: 2048 bins leave a few percent of a row
     (a quarter of a binade), where 32 bins (whole exponent ranges) would leave most of it to the row's
@@ -33,13 +35,14 @@ layout) records the winners for the backward.
 
 Three forward paths, all free of host synchronisation (no .item(), grid sizes depend on shapes only),
 so the op can be captured in CUDA graphs:
-  * rows of N <= SHORT_ROW_MAX (32; channel mode on 4x4 maps): SHORT_ROWS rows per program, and no
-    histogram. An element wins iff fewer than k keys of its row are larger, which is exactly key >= the
-    k-th largest (ties and NaN included): 32 comparisons per element. The compiled code says where to
-    stop: the compare costs 231-316 SASS instructions per element slot (Triton 3.8, sm_90), where the
-    one-program kernel's smallest BLOCK (128 slots) costs 348 per slot, so about 4 times more per element
-    of a row of 32 and 8 times of a row of 16; a 64-wide compare (2 rows of 64, or 1 to stay clear of
-    spills) came to 1304-1946 per slot. Bytes per element: the floor, as below.
+  * rows of N <= SHORT_ROW_MAX (256; 512 where tl.histogram lowers to ballots): sorted, up to 4 rows and
+    512 elements to a one-warp program (short_row_layout). tl.sort puts each row's keys in descending
+    order, so its k-th largest is the k-th entry, and the winners are the keys at or above it (ties and
+    NaN included). No bins: the cost follows log2(N)**2 and is the same on Triton 3.6 and 3.8. SASS
+    instructions per element slot (sm_90, the worst dtype), BLOCK 32 / 64 / 128 / 256 / 512: 117 / 133 /
+    152 / 178 / 196, where the one-program kernel costs 213 at BLOCK 256 and 149 at 512 on 3.8 (388 and
+    310 on 3.6): hence the bound per version. An all-pairs compare of rows up to 32 cost 231-316 (784 on
+    3.6 with 16-bit inputs). Bytes per element: the floor, as below.
   * rows of N <= ROW_MAX (2048): one program per row holds the row in registers for every pass.
     Bytes per element: read x, write y, write 1/8 mask -> 2 * itemsize + 0.125 (the floor).
   * longer rows: chunks of TILE over a 2-D grid, two launches, each ending in a hand-over: every program
@@ -55,9 +58,9 @@ so the op can be captured in CUDA graphs:
     Bytes per element: two reads of x, write y, 1/8 mask -> 3 * itemsize + 0.125, plus the candidates'
     list (8 bytes each, written once and read once per remaining pass) and a 2048-bin histogram per chunk
     in atomics (4 bytes per element where each element adds itself); no program re-reads another's
-    histogram. The list's buffer is allocated (torch.empty, no
-    launch) for every element, since a row's candidates can be all of it: 8 bytes per element of memory,
-    of which only the chosen bin's few percent is touched. The per-row scratch is STATE_WORDS int32: the
+    histogram. The list's buffer is allocated (torch.empty, no launch) for every element, since a row's
+    candidates can be all of it: 8 bytes per element of memory, of which only the chosen bin's few percent
+    is touched. The per-row scratch is STATE_WORDS int32: the
     histogram, tickets and cursor, which every call leaves zero, and the (prefix, k_left) state, written
     before it is read. So it is allocated once per device and stream and no memset precedes a call (under
     CUDA-graph capture each call zeroes its own, a memset node).
@@ -73,10 +76,10 @@ elements it holds; the split kernels' count includes the last program's finishin
     |---|---|---|---|---|---|---|
     | _kwta_backward_kernel | 8 | 3.8.0 | 14-60 | 0 | 0 | 2-18 |
     | _kwta_backward_kernel | 8 | 3.6.0 | 14-57 | 0 | 0 | 2-18 |
-    | _kwta_short_rows_kernel | 4 | 3.8.0 | 28-32 | 512 | 0 | 231-316 |
-    | _kwta_short_rows_kernel | 4 | 3.6.0 | 31-74 | 512 | 0 | 224-784 |
-    | _kwta_row_kernel | 4 | 3.8.0 | 23-40 | 128 | 0 | 62-348 |
-    | _kwta_row_kernel | 4 | 3.6.0 | 30-56 | 128 | 0 | 151-505 |
+    | _kwta_short_rows_kernel | 1 | 3.8.0 | 30-96 | 0-64 | 0 | 89-178 |
+    | _kwta_short_rows_kernel | 1 | 3.6.0 | 30-96 | 16-64 | 0 | 108-196 |
+    | _kwta_row_kernel | 4 | 3.8.0 | 28-40 | 128 | 0 | 62-149 |
+    | _kwta_row_kernel | 4 | 3.6.0 | 56 | 128 | 0 | 151-230 |
     | _kwta_row_kernel | 8 | 3.8.0 | 32-40 | 128-256 | 0 | 62-114 |
     | _kwta_row_kernel | 8 | 3.6.0 | 48-80 | 256 | 0 | 151-231 |
     | _kwta_split_hist_kernel | 8 | 3.8.0 | 30-37 | 8192 | 0 | 31-38 |
@@ -84,15 +87,13 @@ elements it holds; the split kernels' count includes the last program's finishin
     | _kwta_split_mask_kernel | 8 | 3.8.0 | 108-147 | 8192-32768 | 0 | 84-140 |
     | _kwta_split_mask_kernel | 8 | 3.6.0 | 127-158 | 8192 | 0 | 140-168 |
 
-Triton features used: tl.histogram, atomics with sem= (relaxed, acq_rel), atomic_or, cache_modifier ".cg",
-tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version supported (what torch
-2.11 brings). Tritons before 3.8 (3.6.0 and 3.7.1 compiled here) lower tl.histogram by warp ballots and
-popcounts, about bins / 32 instructions per element, where 3.8 issues one shared-memory atomic per element.
-Hence 32-bin digits where one program holds the row (3.6 costs 1.45-2.2 times 3.8 per launch there, at
-most 1.6 times per kernel and dtype), and per-element atomics for the split path's pass 0 on those
-versions (HISTOGRAM_BY_BALLOT). The short-row kernel's all-pairs compare costs the same on both in float32;
-with 16-bit inputs 3.6 spends 2.3-3.1 times 3.8's instructions on it (715-784 against 257-316): it moves
-the 16-bit inputs, not their keys, into the compare's two layouts and keys each copy again.
+Triton features used: tl.histogram, tl.sort, atomics with sem= (relaxed, acq_rel), atomic_or,
+cache_modifier ".cg", tl.debug_barrier, data-dependent if and for: all in Triton 3.6, the oldest version
+supported (what torch 2.11 brings). Tritons before 3.8 (3.6.0 and 3.7.1 compiled here) lower tl.histogram
+by warp ballots and popcounts, about bins / 32 instructions per element, where 3.8 issues one shared-memory
+atomic per element. Hence 32-bin digits where one program holds the row, and on those versions the sort up
+to rows of 512 and per-element atomics for the split path's pass 0 (HISTOGRAM_BY_BALLOT). Per kernel and
+dtype, 3.6 then costs at most 1.55 times 3.8's instructions per element (tests/test_aot.py holds it to 2).
 
 Under TRITON_INTERPRET=1 these kernels run on CPU tensors (tests/). Interpreter facts that shaped the
 code: tl.histogram drops out-of-range digits where the GPU wraps them, so every digit is masked into
@@ -106,8 +107,21 @@ import torch
 import triton
 import triton.language as tl
 
+
+def _triton_version(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+# Tritons before HISTOGRAM_BY_ATOMICS (3.7.1 and 3.6.0 compiled here) lower tl.histogram by warp ballots and
+# popcounts, about bins / 32 instructions per element: 2048 bins made the split histogram kernel 253-259 SASS
+# instructions per element on 3.6 (225 for a bare 2048-bin tl.histogram on 3.7.1), against 31-38 with 3.8's
+# one shared-memory atomic per element. On those versions each element of a split row adds itself to the
+# row's histogram instead (35-38).
+HISTOGRAM_BY_ATOMICS = (3, 8)
+HISTOGRAM_BY_BALLOT = _triton_version(triton.__version__) < HISTOGRAM_BY_ATOMICS
+
 TILE = 4096  # elements per program of the split path (and a bound on the one-program path's rows)
-MIN_BLOCK = 128  # one element per thread of the four warps the one-program path uses up to 2048
 # A jitted function may read a module global only when it is a constexpr: the interpreter reads plain
 # globals too, but the compiler for real GPUs rejects them (kernels/aot.py checks every specialization).
 BINS = tl.constexpr(2048)
@@ -222,22 +236,33 @@ def _kwta_row_kernel(x_ptr, y_ptr, mask_ptr, n, k, BLOCK: tl.constexpr, NUM_PASS
     tl.store(mask_ptr + row * n_bytes + byte_offsets, _pack_bytes(winners, BLOCK), mask=byte_offsets < n_bytes)
 
 
-SHORT_ROW_MAX = 32  # rows up to this long are ranked by comparison, many to a program
-SHORT_ROWS = 4  # rows per program: 4 * 32 * 32 comparisons (8 made Triton 3.8 spill on sm_90 with fp16)
+# Rows up to SHORT_ROW_MAX are sorted, up to SHORT_ROW_ELEMENTS elements (and 4 rows) to a one-warp program:
+# the sort costs the same on every Triton, and beats the 32-bin histogram of the next path up to rows of 256
+# on Triton 3.8 and of 512 where tl.histogram lowers to ballots (the module docstring's table).
+SHORT_ROW_MAX = 512 if HISTOGRAM_BY_BALLOT else 256
+SHORT_ROW_ELEMENTS = 512
+
+
+def short_row_layout(n: int) -> tuple[int, int]:
+    """(BLOCK, rows per program) of the sort path for rows of n <= SHORT_ROW_MAX."""
+    block = max(triton.next_power_of_2(n), 32)  # whole 32-bit mask words
+    return block, max(1, min(4, SHORT_ROW_ELEMENTS // block))
 
 
 @triton.jit(do_not_specialize=["k"])
 def _kwta_short_rows_kernel(x_ptr, y_ptr, words_ptr, n_rows, n, k, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """ROWS rows of n <= BLOCK elements per program. An element wins iff fewer than k keys of its row are
-    larger: exactly key >= the k-th largest key, ties and NaN included. That is BLOCK comparisons per
-    element and no histogram, so the cost follows n, where a histogram pass costs 2048 bins whatever n is."""
+    """ROWS rows of n <= BLOCK elements per program, each sorted by key (tl.sort: a bitonic network of
+    log2(BLOCK) * (log2(BLOCK) + 1) / 2 compare-and-swap stages), so its k-th largest key is the k-th
+    entry; winners are the keys at or above it, ties and NaN included. No histogram and no bins: the cost
+    follows log(n)**2."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     columns = tl.arange(0, BLOCK)
     inside = (rows[:, None] < n_rows) & (columns[None, :] < n)
     x = tl.load(x_ptr + rows[:, None] * n + columns[None, :], mask=inside, other=0.0)
-    key = tl.where(inside, _order_key(x), -2147483648)  # below every real key: padding never outranks
-    larger = tl.sum((key[:, None, :] > key[:, :, None]).to(tl.int32), 2)
-    winners = inside & (larger < k)
+    key = tl.where(inside, _order_key(x), -2147483648)  # below every real key: padding sorts last
+    ordered = tl.sort(key, 1, descending=True)
+    threshold = tl.sum(tl.where(columns[None, :] == k - 1, ordered, 0), 1)  # the k-th largest of each row
+    winners = inside & (key >= threshold[:, None])
     tl.store(y_ptr + rows[:, None] * n + columns[None, :], tl.where(winners, x, 0.0), mask=inside)
     # the mask in whole 32-bit words, bit i % 32 of word i // 32 (little-endian: the byte layout); lanes
     # past n give zero bits
@@ -396,19 +421,6 @@ def _num_passes(dtype: torch.dtype, width: int) -> int:
     return -(-(32 if dtype == torch.float32 else 19) // width)
 
 
-def _triton_version(version: str) -> tuple[int, int]:
-    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
-    return int(major), int(minor)
-
-
-# Tritons before HISTOGRAM_BY_ATOMICS (3.7.1 and 3.6.0 compiled here) lower tl.histogram by warp ballots and
-# popcounts, about bins / 32 instructions per element: 2048 bins made the split histogram kernel 253-259 SASS
-# instructions per element on 3.6 (225 for a bare 2048-bin tl.histogram on 3.7.1), against 31-38 with 3.8's
-# one shared-memory atomic per element. On those versions each element of a split row adds itself to the
-# row's histogram instead (35-38).
-HISTOGRAM_BY_ATOMICS = (3, 8)
-HISTOGRAM_BY_BALLOT = _triton_version(triton.__version__) < HISTOGRAM_BY_ATOMICS
-
 
 _states: dict[tuple, torch.Tensor] = {}  # (device, stream) -> the split path's scratch, all zero between calls
 
@@ -433,11 +445,12 @@ def kwta_forward(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     words = torch.empty((n_rows, (n + 31) // 32), dtype=torch.int32, device=rows.device)  # the mask, as words
     mask = words.view(torch.uint8)  # and as bytes
     if n <= SHORT_ROW_MAX:
-        _kwta_short_rows_kernel[(triton.cdiv(n_rows, SHORT_ROWS),)](rows, y, words, n_rows, n, k, ROWS=SHORT_ROWS,
-                                                                   BLOCK=SHORT_ROW_MAX, num_warps=4)
+        block, rows_per_program = short_row_layout(n)
+        _kwta_short_rows_kernel[(triton.cdiv(n_rows, rows_per_program),)](
+            rows, y, words, n_rows, n, k, ROWS=rows_per_program, BLOCK=block, num_warps=1)
         return y, mask
     if n <= min(ROW_MAX, TILE):
-        block = max(triton.next_power_of_2(n), MIN_BLOCK)
+        block = triton.next_power_of_2(n)
         _kwta_row_kernel[(n_rows,)](rows, y, mask, n, k, BLOCK=block,
                                     NUM_PASSES=_num_passes(rows.dtype, ROW_DIGIT_WIDTH), WIDTH=ROW_DIGIT_WIDTH,
                                     num_warps=8 if block == 2048 else 4)

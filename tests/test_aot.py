@@ -101,12 +101,13 @@ def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills
                                "_kwta_split_mask_kernel", "_kwta_backward_kernel"}, (version, arch, dtype)
         passes = {r["constexprs"] for r in results if r["arch"] == arch and r["kernel"] == "_kwta_split_mask_kernel"}
         assert {c.split()[0] for c in passes} == {"NUM_PASSES=2", "NUM_PASSES=3"}
-        blocks = {c.split("BLOCK=")[1].split()[0] for r in results if r["arch"] == arch
+        blocks = {int(c.split("BLOCK=")[1].split()[0]) for r in results if r["arch"] == arch
                   and r["kernel"] == "_kwta_row_kernel" for c in [r["constexprs"]]}
-        assert blocks == {"128", "256", "512", "1024", "2048"}
-        short = {c.split("BLOCK=")[1].split()[0] for r in results if r["arch"] == arch
+        short = {int(c.split("BLOCK=")[1].split()[0]) for r in results if r["arch"] == arch
                  and r["kernel"] == "_kwta_short_rows_kernel" for c in [r["constexprs"]]}
-        assert short == {"32"}
+        # sorted up to 256 or 512 (by version), one program per row above: every power of two, once
+        assert short | blocks == {32, 64, 128, 256, 512, 1024, 2048} and max(short) < min(blocks), (short, blocks)
+        assert max(short) in (256, 512)
     for r in results:
         assert 0 < r["registers"] <= 255, (version, r)
         assert r["spill_stores"] == r["spill_loads"] == r["stack_frame"] == 0, (version, r)
@@ -140,8 +141,8 @@ def worst_per_kernel_and_dtype(results: list[dict]) -> dict[tuple, float]:
 
 
 def test_the_oldest_triton_costs_at_most_twice_the_pinned_one_per_element(compiled_by_every_version):
-    """kernels/cost.py's OLDEST_RATIO, with its one exception, per kernel and dtype."""
-    from kwta.kernels.cost import OLDEST_RATIO, OLDEST_RATIO_EXCEPTIONS
+    """kernels/cost.py's OLDEST_RATIO, per kernel and dtype."""
+    from kwta.kernels.cost import OLDEST_RATIO
 
     if OLDEST not in compiled_by_every_version:
         pytest.skip(f"only one Triton here ({', '.join(compiled_by_every_version)})")
@@ -149,7 +150,7 @@ def test_the_oldest_triton_costs_at_most_twice_the_pinned_one_per_element(compil
     oldest = worst_per_kernel_and_dtype(compiled_by_every_version[OLDEST][1])
     assert set(oldest) == set(pinned)
     over = {key: round(oldest[key] / pinned[key], 2) for key in pinned
-            if oldest[key] > OLDEST_RATIO_EXCEPTIONS.get(key, OLDEST_RATIO) * pinned[key]}
+            if oldest[key] > OLDEST_RATIO * pinned[key]}
     assert not over, f"Triton {OLDEST} against the pinned one, SASS per element, ratio: {over}"
 
 

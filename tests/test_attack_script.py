@@ -34,7 +34,7 @@ def checkpoints(tmp_path_factory):
         out = root / activation
         train.main(["--arch", "resnet18-cifar", "--dataset", "synthetic", "--activation", activation, "--epochs", "1",
                     "--lr", "0.02", "--train-subset", "256", "--test-subset", "64", "--device", "cpu",
-                    "--out", str(out)])
+                    "--precision", "fp32", "--out", str(out)])  # fp32 on every CPU: the same models everywhere
         paths[activation] = str(out / "checkpoint.pt")
     return paths
 

@@ -135,15 +135,30 @@ def test_triton_split_rows_match_reference(monkeypatch, dtype, tile, ballot):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", [5, 8, 11])
 def test_triton_one_program_rows_match_reference_at_any_digit_width(monkeypatch, dtype, width):
-    """Rows of 33 to 2048 in one program, by digits of `width` bits, the last one narrower where the width does
-    not divide the key's bits: 5 (the launcher's; 7 passes for float32, 4 for 16-bit floats), 8, 11."""
+    """Rows in one program (BLOCK 64 to 2048), by digits of `width` bits, the last one narrower where the
+    width does not divide the key's bits: 5 (the launcher's; 7 passes for float32, 4 for 16-bit floats), 8, 11."""
     monkeypatch.setattr(triton_kwta, "ROW_DIGIT_WIDTH", width)
+    monkeypatch.setattr(triton_kwta, "SHORT_ROW_MAX", 32)  # every row below goes to the one-program kernel
     generator = torch.Generator().manual_seed(width)
     for n in (33, 100, 700, 2048):
         x = (torch.randn(3, n, generator=generator) * 10.0 ** torch.randint(-3, 4, (3, n), generator=generator))
         for k in (1, n // 3, n):
             check_against_reference(x.to(dtype), "triton", k=k)
     check_against_reference(special_values((2, 5, 7, 11), dtype, seed=4), "triton", ratio=0.25)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_sorted_rows_match_reference_at_every_block(monkeypatch, dtype):
+    """Rows of up to SHORT_ROW_MAX are sorted, 1 to 4 to a program, BLOCK 32 to 512 (512 is the bound where
+    tl.histogram lowers to ballots, so it is forced here)."""
+    monkeypatch.setattr(triton_kwta, "SHORT_ROW_MAX", 512)
+    generator = torch.Generator().manual_seed(7)
+    for n in (1, 2, 31, 33, 65, 129, 257):  # BLOCK 32, 64, 128, 256, 512, ragged
+        check_against_reference(torch.randn(5, n, generator=generator).to(dtype), "triton", k=max(1, n // 2))
+        if n >= 2:  # room for the six special values
+            check_against_reference(special_values((3, n), dtype, seed=n), "triton", ratio=0.3)
+    for k in (1, 33):
+        check_against_reference(torch.randn(5, 33, generator=generator).to(dtype), "triton", k=k)
 
 
 def test_triton_version_parsing():
