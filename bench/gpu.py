@@ -273,13 +273,15 @@ def speed(rig: Rig) -> tuple[dict, list[dict]]:
 
 def choice_cases(dry: bool) -> list[tuple[str, str, dict, list[tuple[int, int]]]]:
     """(choice, the launcher module's attribute, variant -> value, (rows, N) shapes): what the launchers
-    pick by Triton version (the split histogram) or from static instruction counts (the one-program path's
-    digit width)."""
+    pick by Triton version (the split histogram, the sort's bound) or from static instruction counts (the
+    one-program path's digit width)."""
     split = [(2, 5000)] if dry else [(128, 65536), (128, 8192), (32, 802816)]
-    one_program = [(4, 100)] if dry else [(16384, 128), (4096, 1024), (2048, 2048)]
+    one_program = [(4, 700)] if dry else [(8192, 1024), (2048, 2048)]
+    sort_bound = [(1, 260)] if dry else [(16384, 400), (8192, 512)]
     return [("split-row histogram", "HISTOGRAM_BY_BALLOT", {"tl.histogram": False, "per-element atomics": True},
              split),
-            ("one-program digit width", "ROW_DIGIT_WIDTH", {"5-bit": 5, "8-bit": 8, "11-bit": 11}, one_program)]
+            ("one-program digit width", "ROW_DIGIT_WIDTH", {"5-bit": 5, "8-bit": 8, "11-bit": 11}, one_program),
+            ("rows of 257-512", "SHORT_ROW_MAX", {"sorted": 512, "one program, 32 bins": 256}, sort_bound)]
 
 
 def choices(rig: Rig) -> list[dict]:

@@ -20,7 +20,8 @@ as it finishes, and ends with one report, also written to --out (report.md, repo
                and torch.kthvalue beside
   choices      what the launchers pick by Triton version or BLOCK, made both ways on this Triton: the split
                path's pass-0 histogram (tl.histogram, or per-element atomics where tl.histogram lowers to
-               ballots) and the one-program path's digit width (5, 8 or 11 bits); same bits as the pick, and
+               ballots), the one-program path's digit width (5, 8 or 11 bits), and whether rows of 257-512 are
+               sorted (where tl.histogram lowers to ballots) or histogrammed; same bits as the pick, and
                the replay time per call of each, so that the run says which costs less on this GPU
   profile      torch.profiler's per-kernel table of k-WTA forward and backward on one shape
   training     a bf16 channels-last resnet18-cifar training step (python -m bench.training's), k-WTA 0.2
