@@ -5,19 +5,19 @@
     python -m kwta.kernels.aot --arch 80 90 --json results/aot.json
     PYTHONPATH=.venv/triton-3.6.0 python -m kwta.kernels.aot   # the same with the oldest supported Triton
 
-No GPU is needed, but TRITON_INTERPRET must be unset: the interpreter runs code the GPU compiler
-rejects (a plain module global read inside a kernel, for one), so tests passing on CPU prove nothing
-about compiling. This module drives the real launchers of kernels/triton_kwta.py over every dtype, both
-forward paths (one program per row and split rows) and row lengths that reach every BLOCK, with each
-kernel's `run` replaced by a recorder that launches nothing. Triton's own binder turns each recorded
-call into the specialization a GPU launch would compile (signature, constexprs, the 16-byte alignment
-and divisibility attributes of pointers and integers, num_warps); each distinct one is compiled with
-`triton.compile` for a `GPUTarget` per architecture, and the ptxas that ships inside Triton (-v, the
-flags Triton itself passes) reports registers, spills and static shared memory; the cuobjdump beside it
-disassembles the cubin. Its SASS instructions per element (every thread runs the program once over its
-tile / (32 * num_warps) elements; a loop's body counts once, as written: a static figure, not a profile)
-are the static cost that tests/test_aot.py holds to budgets. A new kernel, launch
-path or constexpr is covered without anyone adding it to a list.
+No GPU is needed, but TRITON_INTERPRET must be unset: the interpreter runs code the GPU compiler rejects (a
+plain module global read inside a kernel, for one), so tests passing on CPU prove nothing about compiling.
+This module drives the real launchers of kernels/triton_kwta.py over every dtype, every forward path (sorted
+short rows, one program per row, split rows) and row lengths that reach every BLOCK, with each kernel's
+`run` replaced by a recorder that launches nothing. Triton's own binder turns each recorded call into the
+specialization a GPU launch would compile (signature, constexprs, the 16-byte alignment and divisibility
+attributes of pointers and integers, num_warps); each distinct one is compiled with `triton.compile` for a
+`GPUTarget` per architecture, and the ptxas that ships inside Triton (-v, the flags Triton itself passes)
+reports registers, spills and static shared memory; the cuobjdump beside it disassembles the cubin. Its SASS
+instructions per element (every thread runs the program once over its tile / (32 * num_warps) elements; a
+loop's body counts once, as written: a static figure, not a profile) are the static cost that
+tests/test_aot.py holds to budgets. A new kernel, launch path or constexpr is covered without anyone adding
+it to a list.
 """
 
 import argparse
