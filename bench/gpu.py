@@ -292,7 +292,6 @@ def choices(rig: Rig) -> list[dict]:
 
     rows = []
     for choice, attribute, variants, shapes in choice_cases(rig.dry):
-        own = getattr(triton_kwta, attribute)
         for n_rows, n in shapes:
             for dtype in (torch.float32, torch.bfloat16):
                 inputs = [torch.randn(n_rows, n, device=rig.device).to(dtype) for _ in range(ROTATING)]
@@ -302,17 +301,15 @@ def choices(rig: Rig) -> list[dict]:
                     for variant, value in variants.items():
                         row = {"choice": choice, "shape": f"{n_rows}x{n}", "dtype": DTYPE_NAMES[str(dtype)[6:]],
                                "variant": variant}
-                        setattr(triton_kwta, attribute, value)
                         try:
-                            got = triton_kwta.kwta_forward(inputs[0], k)
-                            same = same_bits(got[0], expected[0]) and torch.equal(got[1], expected[1])
-                            row["result"] = "ok" if same else "DIFFERS"
-                            _, replay = time_forward(rig, lambda x, k=k: triton_kwta.kwta_forward(x, k), inputs)
+                            with triton_kwta.launcher_settings(**{attribute: value}):
+                                got = triton_kwta.kwta_forward(inputs[0], k)
+                                same = same_bits(got[0], expected[0]) and torch.equal(got[1], expected[1])
+                                row["result"] = "ok" if same else "DIFFERS"
+                                _, replay = time_forward(rig, lambda x, k=k: triton_kwta.kwta_forward(x, k), inputs)
                             row["replay us"] = replay * 1e6
                         except Exception as error:
                             row["result"] = "ERROR: " + first_line(error)
-                        finally:
-                            setattr(triton_kwta, attribute, own)
                         rows.append(row)
                 mine = [r for r in rows[-len(variants):] if "replay us" in r]
                 if mine:

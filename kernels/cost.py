@@ -252,24 +252,11 @@ SASS_BUDGETS = {
 OLDEST_RATIO = 2.0
 
 
-@contextlib.contextmanager
-def launcher_settings(settings: dict):
-    """kernels/triton_kwta.py's module settings changed for the block, then restored."""
+def measure(case: str) -> Traffic:
     from . import triton_kwta
 
-    before = {name: getattr(triton_kwta, name) for name in settings}
-    for name, value in settings.items():
-        setattr(triton_kwta, name, value)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            setattr(triton_kwta, name, value)
-
-
-def measure(case: str) -> Traffic:
     direction, shape, dtype, *settings = CASES[case]
-    with launcher_settings(settings[0] if settings else {}):
+    with triton_kwta.launcher_settings(**(settings[0] if settings else {})):
         return (forward_traffic if direction == "forward" else backward_traffic)(shape, dtype=dtype)
 
 

@@ -101,6 +101,7 @@ range; only int32 arithmetic is used on keys (no uint32 `~`). The interpreter al
 globals that the GPU compiler rejects, which is why kernels/aot.py compiles every specialization.
 """
 
+import contextlib
 import re
 
 import torch
@@ -420,6 +421,19 @@ def _num_passes(dtype: torch.dtype, width: int) -> int:
     a widened 16-bit float, whose low 13 bits are zero (NaN's key has 21)."""
     return -(-(32 if dtype == torch.float32 else 19) // width)
 
+
+
+@contextlib.contextmanager
+def launcher_settings(**settings):
+    """This module's launcher settings (HISTOGRAM_BY_BALLOT, ROW_DIGIT_WIDTH, SHORT_ROW_MAX, ...) changed for
+    the block, then restored: what kernels/cost.py and the GPU check use to try each choice both ways."""
+    here = globals()  # what the launchers read at each call
+    before = {name: here[name] for name in settings}
+    here.update(settings)
+    try:
+        yield
+    finally:
+        here.update(before)
 
 
 _states: dict[tuple, torch.Tensor] = {}  # (device, stream) -> the split path's scratch, all zero between calls

@@ -114,6 +114,15 @@ def test_every_launcher_specialization_compiles_for_sm80_and_sm90_without_spills
     assert f"Triton {version}" in stdout and "0 spill registers" in stdout
 
 
+def worst_on_sm90(results: list[dict], key) -> dict:
+    """The most SASS instructions per element on sm_90 per key(result): per kernel, or kernel and dtype."""
+    worst = {}
+    for r in results:
+        if r["arch"] == 90:
+            worst[key(r)] = max(worst.get(key(r), 0), r["per_element"])
+    return worst
+
+
 def test_sass_instructions_per_element_stay_within_their_budgets(compiled):
     """kernels/cost.py's SASS_BUDGETS: per kernel and Triton version, the most instructions per element of
     any specialization on sm_90."""
@@ -121,23 +130,10 @@ def test_sass_instructions_per_element_stay_within_their_budgets(compiled):
 
     version, results, _ = compiled
     budgets = SASS_BUDGETS["3.6" if version.startswith("3.6") else "pinned"]
-    worst = {}
-    for r in results:
-        if r["arch"] == 90:
-            worst[r["kernel"]] = max(worst.get(r["kernel"], 0), r["per_element"])
+    worst = worst_on_sm90(results, lambda r: r["kernel"])
     assert set(worst) == set(budgets), (version, worst)
     over = {kernel: round(value, 1) for kernel, value in worst.items() if value > budgets[kernel]}
     assert not over, f"Triton {version}: SASS instructions per element over budget: {over} (budgets {budgets})"
-
-
-def worst_per_kernel_and_dtype(results: list[dict]) -> dict[tuple, float]:
-    """The most SASS instructions per element on sm_90 per kernel and dtype."""
-    worst = {}
-    for r in results:
-        if r["arch"] == 90:
-            key = (r["kernel"], r["dtype"])
-            worst[key] = max(worst.get(key, 0), r["per_element"])
-    return worst
 
 
 def test_the_oldest_triton_costs_at_most_twice_the_pinned_one_per_element(compiled_by_every_version):
@@ -146,8 +142,9 @@ def test_the_oldest_triton_costs_at_most_twice_the_pinned_one_per_element(compil
 
     if OLDEST not in compiled_by_every_version:
         pytest.skip(f"only one Triton here ({', '.join(compiled_by_every_version)})")
-    pinned = worst_per_kernel_and_dtype(compiled_by_every_version["pinned"][1])
-    oldest = worst_per_kernel_and_dtype(compiled_by_every_version[OLDEST][1])
+    per_kernel_and_dtype = lambda r: (r["kernel"], r["dtype"])  # noqa: E731
+    pinned = worst_on_sm90(compiled_by_every_version["pinned"][1], per_kernel_and_dtype)
+    oldest = worst_on_sm90(compiled_by_every_version[OLDEST][1], per_kernel_and_dtype)
     assert set(oldest) == set(pinned)
     over = {key: round(oldest[key] / pinned[key], 2) for key in pinned
             if oldest[key] > OLDEST_RATIO * pinned[key]}
