@@ -20,7 +20,14 @@ the twin's own attack.py figures (same images, eps, settings and seed) instead o
 Images: the first --n-batches x --batch-size test images, or the first --n-images, always in the same
 order with the same per-batch seeds, so runs are comparable. Writes --out (JSON: the spec, every figure
 with its interval, count and seconds, es's calibration, the eps curve, the warnings and per-image
-robustness) and --table (Markdown rows in the replication's format, merged by label, CSV beside it).
+robustness) and --table (Markdown rows in the replication's format, merged by label, setting and attacks,
+CSV beside it).
+
+An interrupted run resumes from OUT.journal: the same command again attacks only what it does not hold. A
+run longer than one machine's time keeps a journal folder instead (--journal DIR, e.g. committed with the
+project): --stop-after MINUTES ends a session's share in time, --shard I/N splits the batches between
+machines running at once; such a run exits with status 3 (EXIT_INCOMPLETE) and writes no --out until the
+journal holds every unit.
 """
 
 import argparse
@@ -28,11 +35,13 @@ import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from experiments.cli import HelpFormatter, positive_float, positive_int, unit_interval
 
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32
+EXIT_INCOMPLETE = 3  # the journal holds only a part of the evaluation: run the same command again
 TWIN_KEYS = ("dataset", "in_channels", "input_size", "num_classes")
 
 
@@ -66,6 +75,17 @@ def factory_reference(text: str) -> str:
     if not module or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"must be MODULE:FACTORY (e.g. torchvision.models:resnet18), got {text!r}")
     return text
+
+
+def shard(text: str) -> tuple[int, int]:
+    """I/N with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return index, count
 
 
 def json_object(text: str) -> dict:
@@ -148,6 +168,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     output.add_argument("--table", help="Markdown table to create or merge a row into; CSV goes beside it")
     output.add_argument("--label", help="the table row's Activation cell (default ReLU or k-WTA-RATIO)")
     output.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    campaign = parser.add_argument_group("a run longer than one machine's time (kwta.journal)")
+    campaign.add_argument("--journal", metavar="DIR",
+                          help="a journal folder, kept (instead of OUT.journal, deleted once --out is written): "
+                               "each run adds its own shard file and reads every shard there, so runs on other "
+                               "machines merge by copying their shards in")
+    campaign.add_argument("--shard", type=shard, metavar="I/N", help="attack only the batches whose index is I mod N")
+    campaign.add_argument("--stop-after", type=positive_float, metavar="MINUTES",
+                          help="start no attack after this many minutes; what finished stays in the journal")
+    campaign.add_argument("--stop-at", type=positive_float, metavar="UNIX_TIME",
+                          help="the same, at a time (seconds since 1970, as `date +%%s` prints): a pipeline's deadline")
     args = parser.parse_args(argv)
     if args.list_attacks:
         return args
@@ -165,6 +195,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --n-images or --n-batches, not both")
     if args.table and not args.table.endswith(".md"):
         parser.error(f"--table must name a .md file, got {args.table}")
+    if (args.shard or args.stop_after or args.stop_at) and not (args.journal or args.out):
+        parser.error("--shard, --stop-after and --stop-at leave units for another run: give --journal (or --out) to "
+                     "keep them")
     if args.n_images is None:
         args.n_images = (args.n_batches or DEFAULT_N_BATCHES) * args.batch_size
     check_suite(parser, args)
@@ -326,8 +359,9 @@ def describe_model(spec: dict) -> str:
 
 
 def write_outputs(args: argparse.Namespace, result, spec: dict, calibration_path, world_size: int, device) -> None:
-    """--out (the JSON, with the spec) and --table (a row per eps, merged by label), atomically."""
-    from experiments.tables import format_csv, format_table, merge_rows, parse_table, table_row
+    """--out (the JSON, with the spec) and --table (a row per eps, merged by label, setting and attacks),
+    atomically."""
+    from experiments.tables import format_csv, format_table, merge_rows, parse_table, setting, table_row
     from kwta.checkpoint import atomic_write
 
     if result.es_calibration:
@@ -339,9 +373,9 @@ def write_outputs(args: argparse.Namespace, result, spec: dict, calibration_path
                              world_size=world_size, device=device.type)
         if args.table:
             label = args.label or row_label(spec)
-            new_rows = [table_row(label if len(result.eps) == 1 else f"{label} (eps {r['eps']:g})",
-                                  {"clean": result.accuracy("clean"), **r["accuracy"]},
-                                  {"clean": result.interval("clean"), **r["interval"]})
+            new_rows = [table_row(label, {"clean": result.accuracy("clean"), **r["accuracy"]},
+                                  {"clean": result.interval("clean"), **r["interval"]},
+                                  where=setting(spec["dataset"], r["eps"], result.n_images))
                         for r in result.to_dict(per_image=False)["results"]]
             existing = Path(args.table).read_text() if os.path.exists(args.table) else ""
             rows = merge_rows(parse_table(existing), new_rows)
@@ -354,8 +388,21 @@ def write_outputs(args: argparse.Namespace, result, spec: dict, calibration_path
 
 
 def journal_path(args: argparse.Namespace) -> str | None:
-    """OUT.journal: every finished attack of every batch, so that an interrupted run resumes (kwta.journal)."""
-    return f"{args.out}.journal" if args.out else None
+    """--journal, else OUT.journal: every finished attack of every batch, so that an interrupted run resumes
+    (kwta.journal)."""
+    return args.journal or (f"{args.out}.journal" if args.out else None)
+
+
+def open_journal(args: argparse.Namespace, device, started: float):
+    """The evaluation's journal, with the part of it this run takes (--shard, --stop-after, --stop-at)."""
+    from kwta.journal import Journal, process_path
+
+    path = journal_path(args)
+    if args.journal:
+        os.makedirs(args.journal, exist_ok=True)
+    deadlines = [time for time in (args.stop_after and started + 60 * args.stop_after, args.stop_at) if time]
+    return Journal(None if path is None else process_path(path), shard=args.shard,
+                   deadline=min(deadlines, default=None), device=device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,8 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     from kwta.attacks import AttackSanityError
     from kwta.checkpoint import image_size
     from kwta.data import DEFAULT_EPS, get_datasets
-    from kwta.journal import process_path
+    from kwta.journal import Incomplete, process_path
 
+    started = time.time()
     try:
         device = distributed.init(args.device)
     except (ValueError, RuntimeError) as error:
@@ -398,14 +446,20 @@ def main(argv: list[str] | None = None) -> None:
             model, test_ds, eps=eps_list, attacks=args.attacks, source_model=source_model, settings=args.settings,
             eps_curve=args.eps_curve, calibration_model=calibration_model, calibration_record=calibration_record,
             n_images=args.n_images, batch_size=args.batch_size, seed=args.seed, device=device,
-            binarization=binarization_settings(args), journal=journal_path(args), verbose=distributed.is_main(),
+            binarization=binarization_settings(args), journal=open_journal(args, device, started),
+            verbose=distributed.is_main(),
         )
     except AttackSanityError as error:
         fail(f"sanity check failed, no number reported: {error}")
+    except Incomplete as left:
+        if distributed.is_main():
+            print(f"incomplete: {left}; the same command again attacks only what is left")
+        distributed.cleanup()
+        sys.exit(EXIT_INCOMPLETE)
     if distributed.is_main():
         write_outputs(args, result, spec, calibration_path, distributed.world_size(), device)
     distributed.barrier()
-    if args.out:  # the results are saved: the journal of finished attacks has served
+    if args.out and not args.journal:  # the results are saved: the journal of finished attacks has served
         Path(process_path(journal_path(args))).unlink(missing_ok=True)
     distributed.cleanup()
 

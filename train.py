@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from experiments.cli import HelpFormatter, positive_float, positive_int, unit_interval
-from experiments.machine import native_bf16
+from kwta.machine import native_bf16
 
 if TYPE_CHECKING:  # --help answers before torch is imported: every phase imports what it uses
     import torch
@@ -618,12 +618,14 @@ def save_epoch(args, processes: Processes, info: dict, training: Training) -> No
 def write_summary(args, processes: Processes, train_ds: Dataset, test_ds: Dataset, history: list[dict]) -> None:
     """summary.json for the pipeline and tables to read, and one line for the person watching."""
     from kwta.checkpoint import atomic_write
+    from kwta.machine import machine
 
     summary = {
         "arch": args.arch, "dataset": args.dataset, "activation": args.activation,
         "ratio": history[-1]["ratio"], "mode": args.mode, "pretrained": args.pretrained,
         "adv_train": args.adv_train, "epochs": len(history), "world_size": processes.world_size,
-        "device": processes.device.type, "train_images": len(train_ds), "test_images": len(test_ds),
+        "device": processes.device.type, "machine": machine(processes.device), "train_images": len(train_ds),
+        "test_images": len(test_ds),
         "train_precision": processes.precision,
         "final_test_acc": history[-1]["test_acc"], "best_test_acc": max(r["test_acc"] for r in history),
         "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history),

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from experiments.machine import cpu_name
 from kwta.checkpoint import atomic_write
+from kwta.machine import cpu_name
 
 TARGET_ROW_LENGTH = 16 * 1024  # the copy-bandwidth target counts rows of 16K elements or more
 

@@ -22,7 +22,7 @@ import statistics
 import time
 
 from experiments.cli import HelpFormatter, positive_int
-from experiments.machine import cpu_name, native_bf16
+from kwta.machine import cpu_name, native_bf16
 
 
 def time_steps(activation: str, batch_size: int, *, channels_last: bool, bf16: bool, compile: bool, steps: int,

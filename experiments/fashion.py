@@ -27,8 +27,9 @@ def checkpoint(out: Path, name: str) -> Path:
     return out / "runs" / name / "checkpoint.pt"
 
 
-def train_steps(args, out: Path, recipe: Sequence) -> list[Step]:
-    """train-NAME for each model: train.py with `recipe` (its flags), resumed from its checkpoint if interrupted."""
+def train_steps(args, out: Path, recipe: Sequence, intermediate: bool = False) -> list[Step]:
+    """train-NAME for each model: train.py with `recipe` (its flags), resumed from its checkpoint if interrupted.
+    intermediate: needed only until the steps that need it (a release) have finished."""
     steps = []
     for name, activation, ratio in MODELS:
         run_dir = out / "runs" / name
@@ -39,44 +40,55 @@ def train_steps(args, out: Path, recipe: Sequence) -> list[Step]:
                            "--out", run_dir),
             done=run_dir / "summary.json", checkpoint=run_dir / "checkpoint.pt", location=data_flags(args),
             resume=["--resume"], fresh=["--overwrite"],  # continue an interrupted attempt, else start afresh
+            intermediate=intermediate,
         ))
     return steps
 
 
 def attack_steps(args, out: Path, folder: str, budgets: Sequence, attacks: dict[str, str] | None = None,
-                 prefix: str = "attack") -> list[Step]:
+                 prefix: str = "attack", networks: dict[str, Path] | None = None, made_by: str = "train",
+                 journals: Path | None = None, location: Sequence = ()) -> list[Step]:
     """PREFIX-NAME for each model: attack.py with `budgets` into OUT/FOLDER/NAME.json (resumed from its journal if
     interrupted). The k-WTA models get the ReLU one as twin: transfer crafts on it and es's calibration reads
-    its step's figures (so, with es, they wait for it). attacks: per model, --attacks (default: the whole suite)."""
+    its step's figures (so, with es, they wait for it). attacks: per model, --attacks (default: the whole suite).
+    networks: each model's checkpoint (default: train.py's in OUT/runs), made by the step MADE_BY-NAME and read
+    as an input; journals: a folder holding each step's journal folder (kept), instead of OUT.journal files;
+    location: more arguments that are run but are no setting (a deadline)."""
+    networks = networks or {name: checkpoint(out, name) for name, _, _ in MODELS}
     steps = []
     for name, _, _ in MODELS:
         with_es = attacks is None or "es" in attacks[name].split(",")
-        twin = [] if name == "relu" else ["--source-checkpoint", checkpoint(out, "relu"),
+        twin = [] if name == "relu" else ["--source-checkpoint", networks["relu"],
                                           *(["--twin-results", out / folder / "relu.json"] if with_es else [])]
+        journal = [] if journals is None else ["--journal", journals / f"{prefix}-{name}"]
         steps.append(Step(
             f"{prefix}-{name}",
-            python_command("attack.py", "--checkpoint", checkpoint(out, name), *twin,
+            python_command("attack.py", "--checkpoint", networks[name], *twin,
                            *(["--attacks", attacks[name]] if attacks else []), *budgets, "--device", args.device,
-                           "--out", out / folder / f"{name}.json"),
-            done=out / folder / f"{name}.json", location=data_flags(args),
-            needs=[f"train-{name}"] + ([] if name == "relu" else [f"{prefix}-relu" if with_es else "train-relu"]),
+                           *journal, "--out", out / folder / f"{name}.json"),
+            done=out / folder / f"{name}.json", location=[*data_flags(args), *location],
+            inputs=[] if made_by == "train" else [networks[name], *([] if name == "relu" else [networks["relu"]])],
+            needs=[f"{made_by}-{name}"] + ([] if name == "relu" else
+                                           [f"{prefix}-relu" if with_es else f"{made_by}-relu"]),
         ))
     return steps
 
 
-def figure_steps(args, out: Path) -> list[Step]:
-    """The loss landscapes of the three trained models and their training curves."""
-    trained = [f"train-{name}" for name, _, _ in MODELS]
+def figure_steps(args, out: Path, networks: dict[str, Path] | None = None,
+                 metrics: dict[str, Path] | None = None, made_by: str = "train") -> list[Step]:
+    """The loss landscapes of the three trained models and their training curves, into OUT. networks, metrics:
+    each model's checkpoint and metrics.jsonl (default: train.py's in OUT/runs), made by MADE_BY-NAME."""
+    networks = networks or {name: checkpoint(out, name) for name, _, _ in MODELS}
+    metrics = metrics or {name: out / "runs" / name / "metrics.jsonl" for name, _, _ in MODELS}
+    trained = [f"{made_by}-{name}" for name, _, _ in MODELS]
     return [
         Step("landscape",
-             python_command("plots.landscape", "--checkpoints", *(checkpoint(out, n) for n, _, _ in MODELS),
+             python_command("plots.landscape", "--checkpoints", *networks.values(),
                             "--steps", args.landscape_steps, "--image-index", 0, 1, 2, 3, "--out",
                             out / "landscape.png"),
              done=out / "landscape.png", location=["--data-dir", args.data_dir] if args.data_dir else [],
              needs=trained),
-        Step("curves",
-             python_command("plots.curves", "--metrics", *(out / "runs" / n / "metrics.jsonl" for n, _, _ in MODELS),
-                            "--out", out / "curves.png"),
+        Step("curves", python_command("plots.curves", "--metrics", *metrics.values(), "--out", out / "curves.png"),
              done=out / "curves.png", needs=trained),
     ]
 
@@ -86,10 +98,11 @@ def read_results(out: Path, folder: str) -> dict[str, dict]:
     return {name: json.loads((out / folder / f"{name}.json").read_text()) for name, _, _ in MODELS}
 
 
-def result_tables(out: Path, results: dict[str, dict]) -> dict[str, list[str]]:
+def result_tables(out: Path, results: dict[str, dict], trained: dict[str, dict] | None = None) -> dict[str, list[str]]:
     """The tables of attack.py's results, as Markdown lines: "rows" (table_row's, for format_table), "seconds"
     (per attack), "curve" (PGD against eps), "calibration" and "warnings" (bullets), "training" (test accuracy
-    and seconds per epoch from each run's summary.json)."""
+    and seconds per epoch from each run's summary.json, or from `trained`: {name: {"final_test_acc",
+    "test_images", "epochs", "seconds_per_epoch"}})."""
     attacks = list(dict.fromkeys(a for result in results.values() for a in result["attacks"]))
     curve_eps = sorted({r["eps"] for result in results.values() for r in result["results"] + result["eps_curve"]})
     tables = {"rows": [], "seconds": ["| Activation | " + " | ".join(attacks) + " | whole run |",
@@ -114,7 +127,7 @@ def result_tables(out: Path, results: dict[str, dict]) -> dict[str, list[str]]:
         if result.get("es_calibration"):
             tables["calibration"].append(f"- {label}: {result['es_calibration']['line']}")
         tables["warnings"] += [f"- {label}: {warning}" for warning in result["warnings"]]
-        run = json.loads((out / "runs" / name / "summary.json").read_text())
+        run = trained[name] if trained else json.loads((out / "runs" / name / "summary.json").read_text())
         correct = round(run["final_test_acc"] * run["test_images"])
         low, high = wilson_interval(correct, run["test_images"])
         tables["training"].append(f"| {label} | {run['final_test_acc']:.2%} | {low:.1%}-{high:.1%} | "

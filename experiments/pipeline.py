@@ -8,7 +8,10 @@ outside file it reads (`inputs`). A changed setting therefore reruns the step an
 step interrupted with unchanged settings resumes (`resume` arguments are added when its `checkpoint`
 exists); any other attempt starts afresh (`fresh` arguments are added: train.py's --overwrite, since its
 folder may hold an earlier attempt's files). Code changes do not change a key: `rerun` names steps to run
-again anyway.
+again anyway. Two kinds of step bend these rules, for work that spans sessions: an `intermediate` step (a
+training) is not run once every step that needs it has finished, and a `final` one (a release) counts as
+finished as soon as its file exists. A step that exits with INCOMPLETE did a part and stopped in time: what
+needs it waits for the next run.
 
 One invocation at a time: `run_steps` holds an exclusive lock on `log_dir/pipeline.lock` (flock, so it is
 released if the process dies) and a lock per running step, which SLURM jobs (experiments/slurm.py) take as
@@ -36,6 +39,9 @@ from kwta.checkpoint import atomic_write
 
 STATE_DIR = "steps"
 LOCK_FILE = "pipeline.lock"
+# A step's exit status for "did a part and stopped in time" (attack.py at its deadline): not a failure; what
+# needs it waits for a later run, which continues it.
+INCOMPLETE = 3
 
 
 @dataclass
@@ -51,6 +57,9 @@ class Step:
     inputs: list[Path] = field(default_factory=list)  # files from outside the pipeline whose contents matter
     gpus: int = 1  # for a cluster job
     minutes: int = 60  # a cluster job's time limit
+    intermediate: bool = False  # needed only until every step that needs it has finished (then not run again)
+    final: bool = False  # finished once `done` exists, whatever its settings now (a released network): replaced
+    #                      only by deleting it, never silently rerun, so that what was made from it stays valid
 
 
 def python_command(script: str, *args) -> list[str]:
@@ -105,6 +114,8 @@ def settings_keys(steps: list[Step], root: Path) -> dict[str, tuple[str, dict]]:
             need_keys = {need: visit(by_name[need], (*trail, step.name)) for need in step.needs}
             settings = step_settings(step, root, need_keys)
             digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+            if step.final and step.done.exists():  # what needs it depends on the file made, not the recipe
+                digest = "file-" + file_digest(step.done)[:16]
             keys[step.name] = (digest, settings)
         return keys[step.name][0]
 
@@ -127,6 +138,8 @@ def write_record(log_dir: Path, **record) -> None:
 
 
 def is_finished(step: Step, key: str, log_dir: Path) -> bool:
+    if step.final:
+        return step.done.exists()
     record = read_record(log_dir, step.name)
     return record.get("status") == "done" and record.get("key") == key and step.done.exists()
 
@@ -224,8 +237,9 @@ def now() -> str:
 def finish(step: Step, key: str, settings: dict, log_dir: Path, returncode: int, seconds: float, **extra) -> bool:
     """Record how the step ended; True when it finished (exit 0 and its file there)."""
     ok = returncode == 0 and step.done.exists()
+    status = "done" if ok else "incomplete" if returncode == INCOMPLETE else "failed"
     write_record(log_dir, name=step.name, key=key, settings=settings,
-                 status="done" if ok else "failed", returncode=returncode, seconds=round(seconds, 1),
+                 status=status, returncode=returncode, seconds=round(seconds, 1),
                  finished=now(), host=socket.gethostname(), **extra)
     return ok
 
@@ -287,20 +301,26 @@ def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str], commands
     commands: print each step's command line under it.
     """
     rerun = downstream(steps, rerun)
+    finished = {step.name for step in steps
+                if step.name not in rerun and is_finished(step, keys[step.name][0], log_dir)}
     pending = []
     for step in steps:
         key, settings = keys[step.name]
         record = read_record(log_dir, step.name)
-        if step.name not in rerun and is_finished(step, key, log_dir):
+        if step.name in finished:
             print(f"[done] {step.name}: {step.done}")
             if commands:
                 print(f"    {shlex.join(map(str, step.command + step.location))}")
+            continue
+        needed_by = [other.name for other in steps if step.name in other.needs]
+        if step.intermediate and needed_by and set(needed_by) <= finished:
+            print(f"[not needed] {step.name}: {', '.join(needed_by)} finished")
             continue
         if step.name in rerun:
             why = "asked to rerun"
         elif record.get("status") == "done" and record.get("key") != key:
             why = f"settings changed since it finished: {describe_change(record.get('settings', {}), settings)}"
-        elif record.get("key") == key and record.get("status") in ("running", "submitted", "failed"):
+        elif record.get("key") == key and record.get("status") in ("running", "submitted", "failed", "incomplete"):
             why = f"{record['status']} before" + (", resuming" if resumes(step, key, log_dir) else "")
         else:
             why = "new"
@@ -312,8 +332,9 @@ def plan(steps: list[Step], keys: dict, log_dir: Path, rerun: set[str], commands
 
 
 def run_steps(steps: list[Step], *, slots: list[dict[str, str]], log_dir: Path, root: Path, cwd: Path | None = None,
-              dry_run: bool = False, rerun: set[str] = frozenset()) -> None:
-    """Run every unfinished step; raise RuntimeError naming the steps that failed or could not run.
+              dry_run: bool = False, rerun: set[str] = frozenset()) -> list[str]:
+    """Run every unfinished step; raise RuntimeError naming the steps that failed or could not run. Returns the
+    steps left incomplete (exit status INCOMPLETE) and those waiting on them: a later run continues them.
 
     slots: one environment overlay per step that may run at once (gpu_slots, cpu_slots, or [{}]).
     root: the output folder; paths under it do not count towards the settings keys.
@@ -325,25 +346,32 @@ def run_steps(steps: list[Step], *, slots: list[dict[str, str]], log_dir: Path, 
     keys = settings_keys(steps, root)
     if dry_run:
         plan(steps, keys, log_dir, set(rerun), commands=True)
-        return
+        return []
     with exclusive_lock(log_dir / LOCK_FILE, what=f"the pipeline in {log_dir.parent}"):
         pending = plan(steps, keys, log_dir, set(rerun))
         finished = {step.name for step in steps} - {step.name for step in pending}
-        run_pending(pending, finished, keys, slots, log_dir, cwd)
+        return run_pending(pending, finished, keys, slots, log_dir, cwd, rekey=lambda: settings_keys(steps, root))
 
 
 def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list[dict[str, str]],
-                log_dir: Path, cwd: Path | None) -> None:
+                log_dir: Path, cwd: Path | None, rekey=None) -> list[str]:
+    """rekey: the keys again, taken as each step starts: a final step's key is its file's, known once it ran."""
     live_output = len(slots) == 1  # one step at a time: its progress bars go straight to the terminal
-    free, running, failed = list(range(len(slots))), {}, []
+    free, running, failed, left = list(range(len(slots))), {}, [], []
     with contextlib.ExitStack() as held:
         while pending or running:
             for step in [s for s in pending if any(need in failed for need in s.needs)]:
                 pending.remove(step)
                 failed.append(step.name)
                 print(f"[skipped] {step.name}: a step it needs failed", flush=True)
+            for step in [s for s in pending if any(need in left for need in s.needs)]:
+                pending.remove(step)
+                left.append(step.name)
+                print(f"[waiting] {step.name}: a step it needs is incomplete", flush=True)
             for step in [s for s in pending if all(need in finished for need in s.needs)][: len(free)]:
                 pending.remove(step)
+                if rekey is not None and any(need in finished for need in step.needs):
+                    keys[step.name] = rekey()[step.name]
                 key, settings = keys[step.name]
                 step_lock = contextlib.ExitStack()
                 try:
@@ -384,6 +412,10 @@ def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list
                 if finish(step, key, settings, log_dir, process.returncode, seconds):
                     finished.add(name)
                     print(f"[finished] {name} in {seconds / 60:.1f} min", flush=True)
+                elif process.returncode == INCOMPLETE:
+                    left.append(name)
+                    print(f"[incomplete] {name}: stopped in time after {seconds / 60:.1f} min; run again to continue",
+                          flush=True)
                 else:
                     failed.append(name)
                     print(f"[failed] {name}: exit code {process.returncode}"
@@ -391,3 +423,4 @@ def run_pending(pending: list[Step], finished: set[str], keys: dict, slots: list
                 step_lock.close()
     if failed:
         raise RuntimeError(f"{len(failed)} step(s) failed or were skipped: {', '.join(failed)}")
+    return left

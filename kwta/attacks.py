@@ -673,6 +673,9 @@ def _run_transfer(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed
 
 
 TABLE_SUITE = tuple(name for name, attack in ATTACKS.items() if attack.in_suite)
+# The suite's version, in every journal's fingerprint: bump it with any change that alters an attack's figures
+# (a default, a loss, a seed), so that a campaign resuming across sessions never mixes units of two suites.
+SUITE_VERSION = 1
 WHITE_BOX = tuple(name for name, attack in ATTACKS.items() if attack.white_box)
 ATTACK_COLUMNS = {name: attack.column for name, attack in ATTACKS.items()}
 

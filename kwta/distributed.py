@@ -1,12 +1,18 @@
 """torchrun helpers shared by train.py and attack.py; every function also works in a plain single process.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `init` joins the process group (nccl on GPUs, gloo on CPU).
+Collectives wait up to COLLECTIVE_TIMEOUT ($KWTA_COLLECTIVE_TIMEOUT seconds), not torch's default of 10 minutes
+(30 with gloo): an evaluation's binarization test runs on the main process while the others wait in a gather,
+and at full budgets it takes hours.
 """
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("KWTA_COLLECTIVE_TIMEOUT", 24 * 3600)))
 
 
 def init(device: str = "auto") -> torch.device:
@@ -27,9 +33,9 @@ def init(device: str = "auto") -> torch.device:
             chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(chosen)
         if chosen.type == "cuda":  # bound to its GPU at once, so collectives never guess a device
-            dist.init_process_group("nccl", device_id=chosen)
+            dist.init_process_group("nccl", device_id=chosen, timeout=COLLECTIVE_TIMEOUT)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     return chosen
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from kwta import distributed
 from kwta.attacks import (
     ATTACKS,
+    SUITE_VERSION,
     TABLE_SUITE,
     WHITE_BOX,
     AttackSettings,
@@ -42,7 +43,7 @@ from kwta.attacks import (
 )
 from kwta.binarization import BinarizationSettings, binarization_test
 from kwta.checkpoint import atomic_write
-from kwta.journal import Journal, fingerprint, process_path
+from kwta.journal import Incomplete, Journal, fingerprint, process_path
 from kwta.modules import KWTA
 
 # The binarization test: an attack missing more than this share of provably solvable tasks is too weak to trust.
@@ -378,7 +379,7 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str | None = None,
     binarization: BinarizationSettings | bool = False,
-    journal: str | os.PathLike | None = None,
+    journal: "str | os.PathLike | Journal | None" = None,
     verbose: bool = False,
 ) -> Evaluation:
     """Evaluate `model` (any nn.Module mapping images in [0, 1] to logits) under L-inf attacks.
@@ -397,9 +398,11 @@ def evaluate(
     binarization: run the binarization test (kwta.binarization) at the largest eps with every attack too: True
         for its defaults on every image, or BinarizationSettings (e.g. images=200); under torchrun, on the
         main process's images.
-    journal: a file where every finished attack of every batch is appended (kwta.journal): an interrupted
-        evaluate, called again with the same journal, model, images and settings, resumes where it stopped
-        and gives the same result. It is left in place (delete it once the result is saved).
+    journal: a file or folder where every finished attack of every batch is appended (kwta.journal): an
+        interrupted evaluate, called again with the same journal, model, images and settings, resumes where it
+        stopped and gives the same result. It is left in place (delete a file once the result is saved). A
+        Journal(path, shard=..., deadline=...) does only a part of the units, then raises kwta.journal.Incomplete
+        unless the journal already held the rest.
     The model is put in eval mode with its parameters frozen while it runs, and restored after.
     """
     started = time.perf_counter()
@@ -428,14 +431,17 @@ def evaluate(
         raise ValueError("images_or_loader: no images to evaluate")
     say = print if verbose and distributed.is_main() else (lambda *_: None)
 
-    journal = None if journal is None else process_path(journal)
+    if not isinstance(journal, Journal):
+        journal = Journal(None if journal is None else process_path(journal), device=device)
+    journal.say = say
     evaluation = fingerprint(
         models=(model, source_model, calibration_model if isinstance(calibration_model, nn.Module) else None),
         batches=batches, eps=eps_list, attacks=names, curve=curve_eps, settings=asdict(settings), seed=seed,
-        batch_size=batch_size, calibration_record=calibration_record) if journal is not None else ""
+        batch_size=batch_size, calibration_record=calibration_record, suite=SUITE_VERSION,
+    ) if journal.path is not None else ""
 
     with (_frozen(model), _frozen(source_model), _frozen(calibration_model), autoattack_checks() as logged,
-          Journal(journal, say).open(evaluation, logged) as units):
+          journal.open(evaluation, logged) as units):
         clean, vanishing = _clean_pass(model, batches)
         clean_mask = _gathered(clean)
         vanishing_count = int(sum(distributed.all_reduce_sum([int(vanishing)], device)))
@@ -464,6 +470,11 @@ def evaluate(
         curve, curve_seconds = {}, {}
         for e in curve_eps:
             curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device, units, "curve")
+        units.write_plan(list(itertools.chain.from_iterable(distributed.all_gather(units.visited))))
+        deferred = int(sum(distributed.all_reduce_sum([units.deferred], device)))
+        if deferred:
+            done = int(sum(distributed.all_reduce_sum([len(units.units)], device)))
+            raise Incomplete(done, deferred, units.path)
         binarized = None
         if binarization and distributed.is_main():
             test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
@@ -667,7 +678,9 @@ def _run(model, batches, eps, name, settings, seed, source_model, device, journa
             robust, batch_seconds = attack_batch(model, images, labels, eps, [name], settings,
                                                  source_model=source_model, seed=batch_seed(seed, index))
             return robust[name].cpu(), batch_seconds[name]
-        mask, batch_seconds = journal.unit(f"{tag}/{name}/{eps:g}/{index}", attack)
+        done = journal.unit(f"{tag}/{name}/{eps:g}/{index}", attack, batch=index)
+        # A unit left to another run reads as robust here: the evaluation ends Incomplete before any figure.
+        mask, batch_seconds = done if done is not None else (torch.ones(len(labels), dtype=torch.bool), 0.0)
         parts.append((index, mask))
         seconds += batch_seconds
     return _gathered(parts), distributed.all_reduce_sum([seconds], device)[0]

@@ -43,7 +43,11 @@ def fail(message: object) -> None:
 
 
 def run_name(path: str) -> str:
-    """The name of the run a file belongs to: the folder it lives in (runs/fm-kwta/metrics.jsonl -> fm-kwta)."""
+    """The name of the run a file belongs to: a release's own (weights/fashion-mnist/relu.metrics.jsonl -> relu),
+    else the folder it lives in (runs/fm-kwta/metrics.jsonl -> fm-kwta)."""
+    name = os.path.basename(path)
+    if name.endswith(".metrics.jsonl"):
+        return name[: -len(".metrics.jsonl")]
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 

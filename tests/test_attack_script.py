@@ -92,7 +92,7 @@ def test_the_suite_end_to_end_with_intervals_json_table_and_csv(checkpoints, tmp
     assert [point["eps"] for point in results["eps_curve"]] == [0.3]
 
     (row,) = parse_table(table.read_text())
-    assert row[0] == "k-WTA-0.2" and row[1].startswith(f"{results['clean_accuracy']:.2%} +- ")
+    assert row[0] == "k-WTA-0.2" and row[2].startswith(f"{results['clean_accuracy']:.2%} +- ")
     assert row[-1].startswith(f"{accuracy['worst_case']:.2%} +- ")
     assert (tmp_path / "results.csv").read_text().splitlines()[1].startswith("k-WTA-0.2,")
 
@@ -103,13 +103,17 @@ def test_table_merges_runs_and_eps_list(checkpoints, tmp_path, capsys):
     run_attack(["--checkpoint", checkpoints["relu"], "--attacks", "pgd,eot", "--n-images", "8",
                 "--table", str(table), "--eps-list", "0.05,0.1", "--out", str(tmp_path / "relu.json")])
     run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--n-images", "8", "--table", str(table),
-                "--eps", "0.2"])  # same label: replaces the first row instead of adding one
+                "--eps", "0.2"])  # another eps: a row of its own
+    run_attack(["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--n-images", "8", "--table", str(table),
+                "--eps", "0.2"])  # the same measurement again: replaces its row instead of adding one
     assert "note: es" not in capsys.readouterr().out  # no es, nothing to calibrate
     rows = parse_table(table.read_text())
-    assert [row[0] for row in rows] == ["k-WTA-0.2", "ReLU (eps 0.05)", "ReLU (eps 0.1)"]
+    assert [row[:2] for row in rows] == [
+        ["k-WTA-0.2", "synthetic, eps 0.1, 8 images"], ["ReLU", "synthetic, eps 0.05, 8 images"],
+        ["ReLU", "synthetic, eps 0.1, 8 images"], ["k-WTA-0.2", "synthetic, eps 0.2, 8 images"]]
     eot = TABLE_COLUMNS.index("EOT")
     assert rows[0][eot] == "-" and rows[1][eot] != "-"
-    assert table.read_text().splitlines()[0] == "| Activation | A_std | PGD | EOT | Worst case |"
+    assert table.read_text().splitlines()[0] == "| Activation | Setting | A_std | PGD | EOT | Worst case |"
     curve = json.loads((tmp_path / "relu.json").read_text())["results"]
     assert [r["eps"] for r in curve] == [0.05, 0.1]
     assert all(set(r["accuracy"]) == {"pgd", "eot", "worst_case"} for r in curve)
@@ -176,6 +180,31 @@ def test_an_interrupted_run_resumes_from_its_journal(checkpoints, tmp_path, monk
     assert len(calls) == 1 and not (tmp_path / "resumed.json.journal").exists()
     whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
     assert resumed["per_image"] == whole["per_image"] and resumed["results"][0]["count"] == whole["results"][0]["count"]
+
+
+def test_a_journal_folder_is_shared_by_runs_that_each_do_a_part(checkpoints, tmp_path, monkeypatch, capsys):
+    """--shard and --stop-after each leave the rest to another run (exit status 3, no --out yet); the last run
+    reads every shard, attacks nothing again, and keeps the folder."""
+    flags = ["--checkpoint", checkpoints["kwta"], "--attacks", "pgd", "--eps-curve", "none", "--n-images", "7",
+             "--batch-size", "3"]
+    run_attack(flags + ["--out", str(tmp_path / "whole.json")])
+    journal, out = tmp_path / "journal", tmp_path / "campaign.json"
+    calls, real = [], evaluation.attack_batch
+    monkeypatch.setattr(evaluation, "attack_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for part in (["--stop-after", "1e-9"], ["--shard", "0/2"]):
+        with pytest.raises(SystemExit) as stopped:
+            run_attack(flags + ["--journal", str(journal), "--out", str(out), *part])
+        assert stopped.value.code == attack.EXIT_INCOMPLETE and not out.exists()
+    assert len(calls) == 2  # batches 0 and 2 of 3, none before the deadline
+    assert "incomplete: 2 unit(s) done, 1 left to another run" in capsys.readouterr().out
+    run_attack(flags + ["--journal", str(journal), "--out", str(out)])
+    assert len(calls) == 3 and len(list(journal.glob("*.jsonl"))) == 2 and (journal / "plan.json").exists()
+    whole, merged = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "campaign.json"))
+    assert merged["per_image"] == whole["per_image"]
+    with pytest.raises(SystemExit, match="2"):
+        attack.parse_args(flags + ["--shard", "2/2", "--journal", str(journal)])
+    with pytest.raises(SystemExit, match="2"):
+        attack.parse_args(flags + ["--stop-after", "5"])  # nowhere to keep what it leaves
 
 
 def test_a_model_train_py_did_not_make(tmp_path, capsys):

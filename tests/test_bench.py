@@ -15,7 +15,7 @@ from torch import nn
 from bench import providers, report
 from bench.__main__ import QUICK_SHAPES, QUICK_SWEEP_ROW_LENGTHS, bench_model, bench_shapes, main, parse_args
 from bench.timing import saved_bytes_per_element
-from experiments import machine
+from kwta import machine
 
 CPU_PROVIDERS = ("topk", "reference", "cpu", "partition", "kthvalue", "relu", "copy")
 CLOCKS = {("wall", "1"), ("process", "1")}

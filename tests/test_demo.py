@@ -1,7 +1,8 @@
 """The Fashion-MNIST pipelines end to end on tiny budgets: `make demo` and `make results` each run every step,
-write their summary and reuse it all on a re-run; the results' summary can be rewritten from its files alone."""
+write their summary and reuse it all on a re-run; the results' page can be rewritten from its files alone."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,26 +45,38 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
         assert (tmp_path / figure).stat().st_size > 0
 
 
-def tables(summary: str) -> str:
-    """The summary less its first lines (when it was written, how long it took)."""
-    return summary.split("## Robust accuracy", 1)[1]
-
-
 @needs_fashion_mnist
-def test_the_results_pipeline_on_a_slice(tmp_path):
-    command = run_twice("scripts.results", tmp_path, SLICE, steps=11)
-    summary = (tmp_path / "summary.md").read_text()
+def test_the_results_campaign_on_a_slice(tmp_path):
+    """A session whose attacks stop at once leaves an in-progress page; the next one finishes; on a clean clone
+    (the scratch folder gone, the committed page and weights kept) nothing trains again and the page is rewritten
+    byte for byte from the committed files."""
+    scratch, page, weights = tmp_path / "scratch", tmp_path / "page", tmp_path / "weights"
+    flags = [*SLICE, "--page", str(page), "--weights", str(weights)]
+    command = [sys.executable, "-m", "scripts.results", "--out", str(scratch), *flags]
+    first = subprocess.run([*command, "--stop-after", "1e-6"], cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "[incomplete] attack-relu" in first.stdout and "[waiting] check-kwta-0.2" in first.stdout
+    assert "**In progress: 0 of " in (page / "README.md").read_text()
+    assert sorted(p.name for p in (weights / "fashion-mnist").glob("*.pt")) == ["kwta-0.1.pt", "kwta-0.2.pt",
+                                                                                 "relu.pt"]
+    run_twice("scripts.results", scratch, flags, steps=14)
+    summary = (page / "README.md").read_text()
     header = "| Activation | A_std | PGD | AutoAttack | Square | BPDA | EOT | Transfer | Worst case |"
-    assert header in summary
+    assert header in summary and "In progress" not in summary
     assert summary.count("Beyond the intervals? ") == 3  # PGD against the worst case, per model
     assert summary.count("the worst case with es") == 3 and "es calibration on the ReLU twin" in summary
     assert summary.count("Binarization test (Zimmermann et al. 2022)") == 3 and "| bpda |" in summary
     assert "| Activation | test accuracy | 95% interval | test images | epochs | seconds per epoch |" in summary
-    trained = json.loads((tmp_path / "runs" / "relu" / "summary.json").read_text())
-    assert trained["args"]["schedule"] == "onecycle" and trained["train_images"] == 64
+    assert f"Made with `python -m scripts.results --out {scratch} --page {page} --weights {weights} " in summary
+    record = json.loads((weights / "fashion-mnist" / "relu.json").read_text())
+    assert record["training"]["args"]["schedule"] == "onecycle" and record["training"]["train_images"] == 64
+    assert record["test_images"] == 10000  # the released weights' accuracy, on every test image
 
-    for run in ("relu", "kwta-0.2", "kwta-0.1"):  # what stays out of git
-        (tmp_path / "runs" / run / "checkpoint.pt").unlink()
-    again = subprocess.run([*command, "--summary-only"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "[run]" not in again.stdout
-    assert tables((tmp_path / "summary.md").read_text()) == tables(summary)
+    shutil.rmtree(scratch)  # what stays out of git
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "[run]" not in again.stdout and again.stdout.count("[not needed] train-") == 3
+    (page / "README.md").unlink()
+    subprocess.run([*command, "--summary-only"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert (page / "README.md").read_text() == summary
+    status = subprocess.run([*command, "--status"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "| attack-relu | " in status and "| written |" in status and "Estimated CPU hours left" in status

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_MODULES = {"__init__", "functional", "modules", "models", "data", "checkpoint", "attacks", "evaluation",
-                   "journal", "binarization", "landscape", "adversarial", "distributed"}
+                   "journal", "binarization", "landscape", "adversarial", "distributed", "machine", "released"}
 KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot", "cost"}
 
 
@@ -26,6 +26,8 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy2(ROOT / name, source / name)
     for folder in ("kwta", "kernels"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "weights" / "fashion-mnist").mkdir(parents=True)  # released networks stay beside the package
+    (source / "weights" / "fashion-mnist" / "relu.pt").write_bytes(b"weights")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                            "--wheel-dir", str(out), str(source)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,7 +38,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_the_library_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert top_level == {"kwta"}  # no `kernels`, `bench`, `experiments`, `plots` or `scripts` beside it
+    assert top_level == {"kwta"}  # no `kernels`, `bench`, `experiments`, `plots`, `scripts` or `weights` beside it
+    assert not any(name.endswith(".pt") for name in names)
     modules = {name[len("kwta/"):-len(".py")] for name in names if name.startswith("kwta/") and name.count("/") == 1}
     kernels = {name[len("kwta/kernels/"):-len(".py")] for name in names if name.startswith("kwta/kernels/")}
     assert modules == LIBRARY_MODULES and kernels == KERNEL_MODULES

@@ -27,7 +27,7 @@ def ran(tmp_path: Path) -> list[str]:
 
 def run(steps, tmp_path, **options):
     (tmp_path / "out").mkdir(exist_ok=True)
-    run_steps(steps, slots=options.pop("slots", [{}]), log_dir=tmp_path / "out" / "logs", root=tmp_path / "out",
+    return run_steps(steps, slots=options.pop("slots", [{}]), log_dir=tmp_path / "out" / "logs", root=tmp_path / "out",
               **options)
 
 
@@ -153,7 +153,7 @@ def test_slots_run_side_by_side_with_their_environment(tmp_path):
 
 def test_failure_skips_dependents_but_not_the_rest(tmp_path):
     steps = [
-        Step("broken", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "never"),
+        Step("broken", [sys.executable, "-c", "raise SystemExit(4)"], tmp_path / "never"),
         Step("after-broken", [sys.executable, "-c", "pass"], tmp_path / "never2", needs=["broken"]),
         step(tmp_path, "independent"),
         Step("lazy", [sys.executable, "-c", "pass"], tmp_path / "not-written"),  # exit 0 without its file
@@ -161,6 +161,39 @@ def test_failure_skips_dependents_but_not_the_rest(tmp_path):
     with pytest.raises(RuntimeError, match="3 step.*broken, .*after-broken"):
         run(steps, tmp_path, slots=cpu_slots(2))
     assert ran(tmp_path) == ["independent"]
+
+
+def test_an_incomplete_step_is_no_failure_and_what_needs_it_waits_for_the_next_run(tmp_path, capsys):
+    flag = tmp_path / "enough-time"
+    done = tmp_path / "out" / "long"
+    code = (f"import os, sys; sys.exit(0 if os.path.exists({str(flag)!r}) and not open({str(done)!r}, 'w').close() "
+            "else 3)")  # 3: stopped in time, as attack.py at its deadline
+    steps = [Step("long", [sys.executable, "-c", code], done),
+             step(tmp_path, "after", needs=["long"]), step(tmp_path, "beside")]
+    assert run(steps, tmp_path) == ["long", "after"]
+    assert ran(tmp_path) == ["beside"] and read_record(tmp_path / "out" / "logs", "long")["status"] == "incomplete"
+    assert "[incomplete] long" in capsys.readouterr().out
+    flag.touch()
+    assert run(steps, tmp_path) == []
+    assert ran(tmp_path) == ["after"] and "[to run] long (incomplete before)" in capsys.readouterr().out
+
+
+def test_an_intermediate_step_runs_only_while_something_needs_it(tmp_path, capsys):
+    """A training whose network is released: once the release has finished, a clean clone, where the training's
+    own files are gone, does not train again."""
+    steps = lambda text="x": [step(tmp_path, "train", text, intermediate=True),
+                              step(tmp_path, "release", needs=["train"], final=True),
+                              step(tmp_path, "attack", needs=["release"])]
+    run(steps(), tmp_path)
+    assert ran(tmp_path) == ["train", "release", "attack"]
+    (tmp_path / "out" / "train").unlink()  # what stays out of git
+    run(steps(), tmp_path)
+    assert ran(tmp_path) == [] and "[not needed] train: release finished" in capsys.readouterr().out
+    run(steps("another recipe"), tmp_path)  # a release is final: nothing made from it is silently replaced
+    assert ran(tmp_path) == []
+    (tmp_path / "out" / "release").unlink()  # needed again: trained, released and attacked again
+    run(steps(), tmp_path)
+    assert ran(tmp_path) == ["train", "release", "attack"]
 
 
 def test_bad_steps_are_refused(tmp_path):

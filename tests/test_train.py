@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.machine import native_bf16
 from kwta.adversarial import pgd_linf
 from kwta.checkpoint import load_checkpoint, load_model
 from kwta.data import get_datasets
+from kwta.machine import native_bf16
 from kwta.models import build_model
 from train import main, parse_args, ratio_at
 
