@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from experiments.cli import HelpFormatter, positive_float, positive_int, unit_interval
-from kwta.machine import native_bf16
 
 if TYPE_CHECKING:  # --help answers before torch is imported: every phase imports what it uses
     import torch
@@ -257,6 +256,7 @@ def setup_processes(args: argparse.Namespace) -> Processes:
     import torch
 
     from kwta import distributed
+    from kwta.machine import native_bf16
 
     try:
         device = distributed.init(args.device)

@@ -22,7 +22,6 @@ import statistics
 import time
 
 from experiments.cli import HelpFormatter, positive_int
-from kwta.machine import cpu_name, native_bf16
 
 
 def time_steps(activation: str, batch_size: int, *, channels_last: bool, bf16: bool, compile: bool, steps: int,
@@ -77,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     import torch
+
+    from kwta.machine import cpu_name, native_bf16
 
     base, bf16 = args.batch_sizes[0], args.device != "cpu" or native_bf16()
     configurations = [("fp32", {})] + [(name, CONFIGURATIONS[name]) for name in args.configurations

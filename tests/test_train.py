@@ -75,8 +75,9 @@ def fp32_test_scores(run_dir) -> tuple[float, float]:
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_a_cpu_is_bf16_only_where_the_cpu_does_bf16_in_hardware(monkeypatch, native, expected):
     import train as script
+    from kwta import machine
 
-    monkeypatch.setattr(script, "native_bf16", lambda: native)
+    monkeypatch.setattr(machine, "native_bf16", lambda: native)
     assert script.setup_processes(parse_args([*TINY_RUN, "--out", "unused"])).precision == expected
     assert script.setup_processes(parse_args([*TINY_RUN, "--out", "unused", "--precision", "fp32"])).precision == "fp32"
 
