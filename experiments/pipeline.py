@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kwta.checkpoint import atomic_write
+from kwta.released import sha256 as file_digest
 
 STATE_DIR = "steps"
 LOCK_FILE = "pipeline.lock"
@@ -82,13 +83,6 @@ def cpu_slots(count: int, cores: int | None = None) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------------------
 # Settings keys and step records
 
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def step_settings(step: Step, root: Path, need_keys: dict[str, str]) -> dict:
