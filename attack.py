@@ -43,6 +43,8 @@ from experiments.cli import HelpFormatter, positive_float, positive_int, unit_in
 DEFAULT_N_BATCHES, DEFAULT_BATCH_SIZE = 10, 32
 EXIT_INCOMPLETE = 3  # the journal holds only a part of the evaluation: run the same command again
 TWIN_KEYS = ("dataset", "in_channels", "input_size", "num_classes")
+# attack.py's flags are AttackSettings' field names, but for these two
+RENAMED_FLAGS = {"pgd_restarts": "restarts", "autoattack_iterations": "aa_iterations"}
 
 
 epsilon = unit_interval  # an L-inf budget in the units of images in [0, 1]
@@ -130,6 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the attacks the binarization test runs: all (the suite) or names (default: --attacks)")
     target.add_argument("--binarization-inner", type=positive_int, default=999,
                         help="the binarization test's inner points per image (the paper's 999)")
+    target.add_argument("--binarization-boundary-points", type=positive_int, default=64,
+                        help="its boundary points, drawn within --binarization-boundary-radius of one corner (1: the "
+                             "published test, a region k-WTA's jumps make too small to find; docs/attacks.md)")
+    target.add_argument("--binarization-boundary-radius", type=unit_interval, default=0.01,
+                        help="that region's L-inf radius, times eps")
     images = parser.add_argument_group("images")
     images.add_argument("--n-batches", type=positive_int, help=f"first N test batches ({DEFAULT_N_BATCHES} if neither "
                         "this nor --n-images is given)")
@@ -137,31 +144,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     images.add_argument("--n-images", type=positive_int, help="first N test images (instead of --n-batches)")
     images.add_argument("--data-dir", help="where the dataset lives (default: data/; fashion-mnist: Debian's files)")
     images.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
-    knobs = parser.add_argument_group("attack settings (defaults: the standard budgets)")
-    knobs.add_argument("--pgd-steps", type=positive_int, default=40, help="PGD's steps (and transfer's on the twin)")
-    knobs.add_argument("--pgd-step", type=positive_float, help="PGD's absolute step (default 2.5*eps/steps)")
+    knobs = parser.add_argument_group("attack settings: a named budget (kwta.budgets), each flag overriding one "
+                                      "of its values (standard's shown)")
+    knobs.add_argument("--budget", choices=("standard", "demo", "smoke"), default="standard",
+                       help="standard: the published budgets; demo: cut in size to fit a CPU demo; smoke: a step or "
+                            "two of everything (tests)")
+    knobs.add_argument("--pgd-steps", type=positive_int, help="PGD's steps (and transfer's on the twin) (40)")
+    knobs.add_argument("--pgd-step", type=positive_float, help="PGD's absolute step (2.5*eps/steps)")
     knobs.add_argument("--pgd-rel-stepsize", type=positive_float,
                        help="foolbox rel_stepsize instead (times eps; the replication's too-weak 0.003)")
-    knobs.add_argument("--restarts", type=positive_int, default=5, help="random starts of pgd and transfer")
-    knobs.add_argument("--pgd-loss", choices=("ce", "margin"), default="ce", help="pgd's and transfer's loss")
-    knobs.add_argument("--aa-iterations", type=positive_int, default=100,
-                       help="AutoAttack's APGD-CE, APGD-T, FAB-T iterations (standard: 100)")
-    knobs.add_argument("--square-queries", type=positive_int, default=5000, help="Square's queries (standard: 5000)")
-    knobs.add_argument("--bpda-temperatures", type=temperature_list, default=(0.3, 1.0, 3.0), metavar="T1,T2,...",
-                       help="bpda's temperatures, times each row's std")
-    knobs.add_argument("--bpda-steps", type=positive_int, default=40, help="bpda's sign steps per temperature")
-    knobs.add_argument("--bpda-step", type=positive_float, help="their absolute step (default 2.5*eps/steps)")
-    knobs.add_argument("--bpda-iterations", type=positive_int, default=100,
-                       help="bpda's APGD-CE and APGD-T iterations per temperature (standard: 100)")
-    knobs.add_argument("--es-schedule", type=es_schedule, default="20x50,20x500,60x10000", metavar="STEPSxPAIRS,...",
-                       help="es's stages: sign steps x antithetic pairs per step (Tramer et al.'s 100 steps)")
-    knobs.add_argument("--es-restarts", type=positive_int, default=2,
-                       help="es's runs: the first from the image (as published), the others from random starts")
-    knobs.add_argument("--es-probe-batch", type=positive_int, default=512, help="es probes per forward pass")
-    knobs.add_argument("--eot-samples", type=positive_int, default=8, help="eot noise draws per step")
-    knobs.add_argument("--eot-rel-sigma", type=positive_float, default=0.5, help="eot noise scale, times eps")
-    knobs.add_argument("--eot-steps", type=positive_int, default=40, help="eot sign steps")
-    knobs.add_argument("--eot-step", type=positive_float, help="their absolute step (default 2.5*eps/steps)")
+    knobs.add_argument("--restarts", type=positive_int, help="random starts of pgd and transfer (5)")
+    knobs.add_argument("--pgd-loss", choices=("ce", "margin"), help="pgd's and transfer's loss (ce)")
+    knobs.add_argument("--aa-iterations", type=positive_int,
+                       help="AutoAttack's APGD-CE, APGD-T, FAB-T iterations (100)")
+    knobs.add_argument("--square-queries", type=positive_int, help="Square's queries (5000)")
+    knobs.add_argument("--bpda-temperatures", type=temperature_list, metavar="T1,T2,...",
+                       help="bpda's temperatures, times each row's std (0.3,1,3)")
+    knobs.add_argument("--bpda-steps", type=positive_int, help="bpda's sign steps per temperature (40)")
+    knobs.add_argument("--bpda-step", type=positive_float, help="their absolute step (2.5*eps/steps)")
+    knobs.add_argument("--bpda-iterations", type=positive_int,
+                       help="bpda's APGD-CE and APGD-T iterations per temperature (100)")
+    knobs.add_argument("--es-schedule", type=es_schedule, metavar="STEPSxPAIRS,...",
+                       help="es's stages: sign steps x antithetic pairs per step (Tramer et al.'s "
+                            "20x50,20x500,60x10000)")
+    knobs.add_argument("--es-restarts", type=positive_int,
+                       help="es's runs: the first from the image (as published), the others from random starts (2)")
+    knobs.add_argument("--es-probe-batch", type=positive_int, help="es probes per forward pass (512)")
+    knobs.add_argument("--eot-samples", type=positive_int, help="eot noise draws per step (8)")
+    knobs.add_argument("--eot-rel-sigma", type=positive_float, help="eot noise scale, times eps (0.5)")
+    knobs.add_argument("--eot-steps", type=positive_int, help="eot sign steps (40)")
+    knobs.add_argument("--eot-step", type=positive_float, help="their absolute step (2.5*eps/steps)")
     knobs.add_argument("--seed", type=int, default=0, help="seeds every random draw, per batch and attack")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="results JSON (written atomically)")
@@ -207,6 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_suite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--attacks against the registry, and the settings against AttackSettings (torch is imported from here on)."""
     from kwta.attacks import ATTACKS, AttackSettings
+    from kwta.budgets import budget
 
     def attack_list(text: str, option: str) -> list[str] | str:
         names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
@@ -231,15 +244,10 @@ def check_suite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.twin_results and not (args.source_checkpoint and (suite or "es" in names)):
         parser.error("--twin-results calibrates es on --source-checkpoint: give both, and es in --attacks")
     args.attacks = chosen
+    overrides = {field: getattr(args, RENAMED_FLAGS.get(field, field)) for field in AttackSettings.__dataclass_fields__
+                 if getattr(args, RENAMED_FLAGS.get(field, field), None) is not None}
     try:
-        args.settings = AttackSettings(
-            pgd_steps=args.pgd_steps, pgd_step=args.pgd_step, pgd_rel_stepsize=args.pgd_rel_stepsize,
-            pgd_restarts=args.restarts, pgd_loss=args.pgd_loss, autoattack_iterations=args.aa_iterations,
-            square_queries=args.square_queries, bpda_temperatures=args.bpda_temperatures, bpda_steps=args.bpda_steps,
-            bpda_step=args.bpda_step, bpda_iterations=args.bpda_iterations, es_schedule=args.es_schedule,
-            es_restarts=args.es_restarts, es_probe_batch=args.es_probe_batch, eot_samples=args.eot_samples,
-            eot_rel_sigma=args.eot_rel_sigma, eot_steps=args.eot_steps, eot_step=args.eot_step,
-        )
+        args.settings = budget(args.budget, **overrides)
     except ValueError as error:
         parser.error(str(error).replace("pgd_step", "--pgd-step").replace("_", "-"))
 
@@ -342,7 +350,12 @@ def binarization_settings(args: argparse.Namespace):
         return False
     attacks = args.binarization_attacks if args.binarization_attacks in (None, "all") else \
         tuple(args.binarization_attacks)
-    return BinarizationSettings(inner_points=args.binarization_inner, images=args.binarization, attacks=attacks)
+    try:
+        return BinarizationSettings(inner_points=args.binarization_inner, images=args.binarization, attacks=attacks,
+                                    boundary_points=args.binarization_boundary_points,
+                                    boundary_radius=args.binarization_boundary_radius)
+    except ValueError as error:
+        fail(f"--binarization-boundary-radius: {error}")
 
 
 def row_label(spec: dict) -> str:

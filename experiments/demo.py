@@ -25,9 +25,7 @@ def build_steps(args, out: Path) -> list[Step]:
     recipe = ["--train-subset", args.train_subset, "--test-subset", args.test_subset, "--epochs", args.epochs,
               "--lr", args.lr, "--milestones", max(args.epochs - 1, 1), "--batch-size", args.batch_size,
               "--channels-last"]  # faster on the CPUs measured (python -m bench.training), the same on CUDA
-    budgets = ["--n-images", args.n_images, "--restarts", args.restarts, "--aa-iterations", args.aa_iterations,
-               "--bpda-iterations", args.aa_iterations, "--square-queries", args.square_queries,
-               "--es-schedule", args.es_schedule, "--eot-samples", args.eot_samples]
+    budgets = ["--n-images", args.n_images, "--budget", args.budget]
     return [*train_steps(args, out, recipe), *attack_steps(args, out, "attacks", budgets), *figure_steps(args, out)]
 
 

@@ -64,15 +64,12 @@ def build_steps(args, campaign: Campaign, stop_at: float | None = None) -> list[
               *(["--channels-last"] if args.channels_last else []), *(["--stem-relu"] if args.stem_relu else [])]
     if args.train_subset:  # a slice, for tests; the results use every image
         recipe += ["--train-subset", args.train_subset, "--test-subset", args.test_subset]
-    main = ["--n-images", args.n_images, "--batch-size", args.attack_batch_size, "--pgd-steps", args.pgd_steps]
+    budget = [] if args.budget == "standard" else ["--budget", args.budget]  # attack.py's default: standard
+    main = ["--n-images", args.n_images, "--batch-size", args.attack_batch_size, *budget, "--pgd-steps", args.pgd_steps]
     check = ["--n-images", args.check_images, "--batch-size", args.attack_batch_size, "--eps-curve", "none",
-             "--binarization", args.check_images, "--binarization-attacks", args.binarization_attacks,
-             "--es-schedule", args.es_schedule]
-    if args.cut:  # every budget cut to `cut` of its standard: a smoke run of the whole pipeline
-        cut = ["--restarts", "1", "--aa-iterations", args.cut, "--bpda-iterations", args.cut, "--bpda-steps",
-               args.cut, "--square-queries", args.cut, "--eot-samples", "1", "--eot-steps", args.cut,
-               "--pgd-steps", args.cut, "--es-restarts", "1", "--binarization-inner", args.cut]
-        main, check = main + cut, check + cut
+             "--binarization", args.check_images, "--binarization-attacks", args.binarization_attacks, *budget,
+             "--es-schedule", args.es_schedule,
+             *(["--binarization-inner", args.binarization_inner] if args.binarization_inner != 999 else [])]
     attacks = {"relu": MAIN_ATTACKS, "kwta-0.2": MAIN_ATTACKS + ",transfer", "kwta-0.1": MAIN_ATTACKS + ",transfer"}
     networks = {name: campaign.network(name) for name, _, _ in MODELS}
     deadline = [] if stop_at is None else ["--stop-at", f"{stop_at:.0f}"]  # run, but no setting
@@ -160,8 +157,8 @@ def status_lines(campaign: Campaign, state: dict) -> list[str]:
                      f"| {'written' if evaluation['result'] else '-'} | {machines or '-'} |")
     left = state["hours_left"]
     lines += ["", f"Estimated CPU hours left: training {hours(left['training'])}, main table {hours(left['attack'])}, "
-              f"checks {hours(left['check'])} (at the mean seconds per unit measured so far; the binarization test "
-              "runs after the checks' units and is not in the estimate)."]
+              f"checks {hours(left['check'])} (at the mean seconds per unit measured so far; the checks' units "
+              "include the binarization test's, one per attack and image)."]
     return lines
 
 

@@ -176,6 +176,7 @@ def optional_import(module: str, attack: str):
 
 AUTOATTACK_LOGGER = "auto-attack"  # where pyautoattack logs its own checks
 _running_attack: contextvars.ContextVar[str] = contextvars.ContextVar("running_attack", default="")
+_attack_scope: contextvars.ContextVar[str] = contextvars.ContextVar("attack_scope", default="")
 
 
 class _Collector(logging.Handler):
@@ -184,7 +185,19 @@ class _Collector(logging.Handler):
         self.found: list[tuple[str, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.found.append((_running_attack.get(), record.getMessage()))
+        attack, scope = _running_attack.get(), _attack_scope.get()
+        self.found.append((f"{attack} on {scope}" if scope else attack, record.getMessage()))
+
+
+@contextlib.contextmanager
+def attack_scope(scope: str) -> Iterator[None]:
+    """While the block runs, AutoAttack's warnings name `scope` beside the attack (e.g. the binarization test's
+    networks), so that they are not read as the evaluated model's."""
+    token = _attack_scope.set(scope)
+    try:
+        yield
+    finally:
+        _attack_scope.reset(token)
 
 
 @contextlib.contextmanager
@@ -589,6 +602,9 @@ class Attack:
     in_suite: bool = False  # run by attacks="all", the suite a reported table has to survive
     needs_source: bool = False  # crafts on a source model (the ReLU twin)
     settings: tuple[str, ...] = ()  # the AttackSettings fields it reads
+    # (forward passes, forward-and-backward passes) per image at most, given the settings and the classes
+    passes: "Callable[[AttackSettings, int], tuple[int, int]] | None" = None
+    describe: "Callable[[AttackSettings], str] | None" = None  # its budget in words
 
     def __post_init__(self):
         unknown = set(self.settings) - set(AttackSettings.__dataclass_fields__)
@@ -600,14 +616,54 @@ ATTACKS: dict[str, Attack] = {}
 
 
 def register(name: str, column: str, *, white_box: bool = False, in_suite: bool = False, needs_source: bool = False,
-             settings: Sequence[str] = ()) -> Callable[[Runner], Runner]:
-    """Decorator: enter `runner` into ATTACKS under `name` (registration order is the table's column order)."""
+             settings: Sequence[str] = (), passes=None, describe=None) -> Callable[[Runner], Runner]:
+    """Decorator: enter `runner` into ATTACKS under `name` (registration order is the table's column order).
+    passes(settings, classes) -> (forwards, forward-backwards) per image at most, and describe(settings) -> its
+    budget in words, give attack.py's estimate before it runs (kwta.budgets)."""
     def enter(runner: Runner) -> Runner:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered already")
-        ATTACKS[name] = Attack(name, column, runner, white_box, in_suite, needs_source, tuple(settings))
+        ATTACKS[name] = Attack(name, column, runner, white_box, in_suite, needs_source, tuple(settings), passes,
+                               describe)
         return runner
     return enter
+
+
+def _targets(classes: int) -> int:
+    """The targeted attacks' targets: the standard 9, or one per other class."""
+    return min(9, classes - 1)
+
+
+def _apgd_passes(iterations: int, classes: int) -> int:
+    """APGD-CE, and APGD-T over its targets where the model has the 4 classes its loss needs."""
+    return iterations * (1 + (_targets(classes) if classes >= 4 else 0))
+
+
+def _autoattack_passes(part: str | None):
+    def passes(settings: "AttackSettings", classes: int) -> tuple[int, int]:
+        iterations, targets = settings.autoattack_iterations, _targets(classes)
+        each = {"apgd-ce": (0, iterations), "apgd-t": (0, iterations * targets if classes >= 4 else 0),
+                "fab": (iterations * targets, iterations * targets), "square": (settings.square_queries, 0)}
+        chosen = [part] if part else list(each)
+        return sum(each[p][0] for p in chosen), sum(each[p][1] for p in chosen)
+    return passes
+
+
+def _pgd_passes(settings: "AttackSettings", _classes: int) -> tuple[int, int]:
+    return settings.pgd_restarts, settings.pgd_restarts * settings.pgd_steps
+
+
+def _pgd_words(settings: "AttackSettings") -> str:
+    return f"{settings.pgd_steps} steps x {settings.pgd_restarts} starts, {settings.pgd_loss} loss"
+
+
+def _bpda_passes(settings: "AttackSettings", classes: int) -> tuple[int, int]:
+    temperatures = len(settings.bpda_temperatures)
+    return 2 * temperatures, temperatures * (settings.bpda_steps + _apgd_passes(settings.bpda_iterations, classes))
+
+
+def _es_passes(settings: "AttackSettings", _classes: int) -> tuple[int, int]:
+    return settings.es_restarts * sum(2 * steps * pairs for steps, pairs in settings.es_schedule), 0
 
 
 _PGD_SETTINGS = ("pgd_steps", "pgd_step", "pgd_rel_stepsize", "pgd_restarts", "pgd_loss")
@@ -619,12 +675,14 @@ def _pgd_options(context: AttackContext) -> dict:
                 restarts=settings.pgd_restarts, loss=settings.pgd_loss)
 
 
-@register("pgd", "PGD", white_box=True, in_suite=True, settings=_PGD_SETTINGS)
+@register("pgd", "PGD", white_box=True, in_suite=True, settings=_PGD_SETTINGS, passes=_pgd_passes, describe=_pgd_words)
 def _run_pgd(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     return pgd(context.model, x, y, context.eps, **_pgd_options(context), seed=seed)
 
 
-@register("deepfool", "DeepFool", white_box=True, in_suite=True, settings=("deepfool_steps", "deepfool_candidates"))
+@register("deepfool", "DeepFool", white_box=True, in_suite=True, settings=("deepfool_steps", "deepfool_candidates"),
+          passes=lambda s, classes: (s.deepfool_steps, s.deepfool_steps * min(s.deepfool_candidates, classes)),
+          describe=lambda s: f"{s.deepfool_steps} steps, {s.deepfool_candidates} candidates")
 def _run_deepfool(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     return deepfool(context.model, x, y, context.eps, steps=context.settings.deepfool_steps,
                     candidates=context.settings.deepfool_candidates)
@@ -635,8 +693,13 @@ def _register_autoattack(name: str, column: str, *, part: str | None, white_box:
         return autoattack(context.model, x, y, context.eps, parts=None if part is None else [part], seed=seed,
                           iterations=context.settings.autoattack_iterations,
                           square_queries=context.settings.square_queries)
-    register(name, column, white_box=white_box, in_suite=in_suite,
-             settings=("autoattack_iterations", "square_queries"))(run)
+    def words(settings: AttackSettings) -> str:
+        if part == "square":
+            return f"{settings.square_queries} queries"
+        return f"{settings.autoattack_iterations} iterations" + ("" if part else f", {settings.square_queries} Square "
+                                                                 "queries")
+    register(name, column, white_box=white_box, in_suite=in_suite, settings=("autoattack_iterations", "square_queries"),
+             passes=_autoattack_passes(part), describe=words)(run)
 
 
 _register_autoattack("autoattack", "AutoAttack", part=None, white_box=False, in_suite=True)
@@ -646,28 +709,35 @@ _register_autoattack("fab", "FAB-T", part="fab", white_box=True, in_suite=False)
 _register_autoattack("square", "Square", part="square", white_box=False, in_suite=True)
 
 
-@register("bpda", "BPDA", in_suite=True, settings=("bpda_temperatures", "bpda_steps", "bpda_step", "bpda_iterations"))
+@register("bpda", "BPDA", in_suite=True, settings=("bpda_temperatures", "bpda_steps", "bpda_step", "bpda_iterations"),
+          passes=_bpda_passes, describe=lambda s: f"temperatures {', '.join(f'{t:g}' for t in s.bpda_temperatures)}: "
+          f"{s.bpda_steps} sign steps, then APGD {s.bpda_iterations} iterations each")
 def _run_bpda(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
     return bpda(context.model, x, y, context.eps, temperatures=settings.bpda_temperatures, steps=settings.bpda_steps,
                 step_size=settings.bpda_step, iterations=settings.bpda_iterations, seed=seed)
 
 
-@register("eot", "EOT", in_suite=True, settings=("eot_samples", "eot_rel_sigma", "eot_steps", "eot_step"))
+@register("eot", "EOT", in_suite=True, settings=("eot_samples", "eot_rel_sigma", "eot_steps", "eot_step"),
+          passes=lambda s, _: (0, s.eot_steps * s.eot_samples),
+          describe=lambda s: f"{s.eot_steps} steps x {s.eot_samples} draws of sigma {s.eot_rel_sigma:g} eps")
 def _run_eot(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
     return eot(context.model, x, y, context.eps, steps=settings.eot_steps, samples=settings.eot_samples,
                sigma=settings.eot_rel_sigma * context.eps, step_size=settings.eot_step, seed=seed)
 
 
-@register("es", "ES", in_suite=True, settings=("es_schedule", "es_restarts", "es_probe_batch"))
+@register("es", "ES", in_suite=True, settings=("es_schedule", "es_restarts", "es_probe_batch"), passes=_es_passes,
+          describe=lambda s: f"stages {','.join(f'{a}x{b}' for a, b in s.es_schedule)} (steps x pairs), "
+          f"{s.es_restarts} runs")
 def _run_es(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     settings = context.settings
     return es(context.model, x, y, context.eps, schedule=settings.es_schedule, restarts=settings.es_restarts,
               probe_batch=settings.es_probe_batch, seed=seed)
 
 
-@register("transfer", "Transfer", in_suite=True, needs_source=True, settings=_PGD_SETTINGS)
+@register("transfer", "Transfer", in_suite=True, needs_source=True, settings=_PGD_SETTINGS, passes=_pgd_passes,
+          describe=lambda s: f"PGD on the twin, {_pgd_words(s)}")
 def _run_transfer(context: AttackContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     return transfer(context.source_model, context.model, x, y, context.eps, **_pgd_options(context), seed=seed)
 

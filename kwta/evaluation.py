@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from kwta import distributed
 from kwta.attacks import (
@@ -42,12 +43,16 @@ from kwta.attacks import (
     worst_case,
 )
 from kwta.binarization import BinarizationSettings, binarization_test
+from kwta.budgets import estimate, estimate_lines
 from kwta.checkpoint import atomic_write
 from kwta.journal import Incomplete, Journal, fingerprint, process_path
 from kwta.modules import KWTA
 
 # The binarization test: an attack missing more than this share of provably solvable tasks is too weak to trust.
 BINARIZATION_TOLERANCE = 0.1
+# ... and its tasks are needles, which no attack can be asked to find, where less of the corner's neighbourhood
+# than this is class 1 (the reach control).
+REACH_TOLERANCE = 0.5
 # PGD alone at these multiples of the largest eps: its success must grow with eps and reach about 100%.
 EPS_CURVE_FACTORS = (0.5, 2, 4, 8)
 DEFAULT_BATCH_SIZE = 32
@@ -431,13 +436,19 @@ def evaluate(
         raise ValueError("images_or_loader: no images to evaluate")
     say = print if verbose and distributed.is_main() else (lambda *_: None)
 
+    test_settings = None
+    if binarization:
+        test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
+        tested = names if test_settings.attacks is None else _attack_names(test_settings.attacks, None)[0]
     if not isinstance(journal, Journal):
         journal = Journal(None if journal is None else process_path(journal), device=device)
     journal.say = say
+    # the test's settings join the fingerprint only where it runs: an evaluation without it keeps its journal
+    test_fields = {} if test_settings is None else {"binarization": asdict(test_settings), "tested": tested}
     evaluation = fingerprint(
         models=(model, source_model, calibration_model if isinstance(calibration_model, nn.Module) else None),
         batches=batches, eps=eps_list, attacks=names, curve=curve_eps, settings=asdict(settings), seed=seed,
-        batch_size=batch_size, calibration_record=calibration_record, suite=SUITE_VERSION,
+        batch_size=batch_size, calibration_record=calibration_record, suite=SUITE_VERSION, **test_fields,
     ) if journal.path is not None else ""
 
     with (_frozen(model), _frozen(source_model), _frozen(calibration_model), autoattack_checks() as logged,
@@ -449,11 +460,16 @@ def evaluate(
         say(f"clean accuracy: {_describe_mask(clean_mask)} ({total} images)")
         for note in notes:
             say(f"note: {note}")
+        if verbose and distributed.is_main() and batches:
+            for line in estimate_lines(estimate(model, batches[0][1], batches[0][2], names, settings,
+                                                correct * len(eps_list)), correct * len(eps_list)):
+                say(line)
         robust, seconds = {}, {}
         for e in eps_list:
             robust[e], seconds[e] = {}, {}
             for name in names:
-                masks, seconds[e][name] = _run(model, batches, e, name, settings, seed, source_model, device, units)
+                masks, seconds[e][name] = _run(model, batches, e, name, settings, seed, source_model, device, units,
+                                               progress=verbose)
                 robust[e][name] = masks
                 say(f"eps {e:g}: robust accuracy after {name}: {_describe_mask(masks)}, {seconds[e][name]:.1f} s")
             robust[e]["worst_case"] = worst_case({"clean": clean_mask, **robust[e]})
@@ -469,20 +485,20 @@ def evaluate(
             say(calibration["line"])
         curve, curve_seconds = {}, {}
         for e in curve_eps:
-            curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device, units, "curve")
+            curve[e], curve_seconds[e] = _run(model, batches, e, "pgd", settings, seed, None, device, units, "curve",
+                                              progress=verbose)
+        binarized = None
+        if test_settings is not None and distributed.is_main():
+            images = torch.cat([x for _, x, _ in batches])
+            binarized = binarization_test(model, images, eps_list[-1], tested, settings, test_settings, seed=seed,
+                                          unit=units.record)
         units.write_plan(list(itertools.chain.from_iterable(distributed.all_gather(units.visited))))
         deferred = int(sum(distributed.all_reduce_sum([units.deferred], device)))
         if deferred:
             done = int(sum(distributed.all_reduce_sum([len(units.units)], device)))
             raise Incomplete(done, deferred, units.path)
-        binarized = None
-        if binarization and distributed.is_main():
-            test_settings = binarization if isinstance(binarization, BinarizationSettings) else BinarizationSettings()
-            images = torch.cat([x for _, x, _ in batches])
-            tested = names if test_settings.attacks is None else _attack_names(test_settings.attacks, None)[0]
-            binarized = binarization_test(model, images, eps_list[-1], tested, settings, test_settings, seed=seed)
-            for line in binarization_table(binarized):
-                say(line)
+        for line in binarization_table(binarized) if binarized else []:
+            say(line)
 
     accuracy_by_eps = {e: {name: int(mask.sum()) / total for name, mask in robust[e].items()} for e in eps_list}
     warnings = [] if calibration is None or calibration["counts_as_attack"] else [calibration["line"]]
@@ -509,16 +525,33 @@ def evaluate(
 
 
 def binarization_table(found: dict) -> list[str]:
-    """The binarization test's lines: per attack, the solvable tasks it missed."""
+    """The binarization test's lines: per attack, the solvable tasks it missed, beside the two controls."""
     lines = [f"Binarization test (Zimmermann et al. 2022) at eps {found['eps']:g}: on {found['tested']} of "
-             f"{found['images']} images an adversarial example provably lies within eps of the modified network; "
-             f"the share each attack missed ({found['seconds_per_image']:.1f} s per image):", "",
-             "| attack | missed | share | 95% interval |", "|---|---|---|---|"]
-    for name, record in [*found["attacks"].items(), ("every attack", found["suite"])]:
+             f"{found['images']} images an adversarial example provably lies within eps of the modified network "
+             f"(closeness {found['closeness']:g}); the share each attack missed ({found['seconds_per_image']:.1f} s "
+             "per image):", "", "| attack | missed | share | 95% interval |", "|---|---|---|---|"]
+    draws = found["settings"]["validation_points"]
+    rows = [*found["attacks"].items(), ("every attack", found["suite"]),
+            (f"control: random noise ({draws} draws each in the box, on its surface, at its corners)", found["random"])]
+    for name, record in rows:
         if record["tested"]:
             share = record["failed"] / record["tested"]
             low, high = wilson_interval(record["failed"], record["tested"])
             lines.append(f"| {name} | {record['failed']} / {record['tested']} | {share:.1%} | {low:.1%}-{high:.1%} |")
+    if found["inner_accuracy"] is not None:
+        radius = found["settings"]["boundary_radius"]
+        lines.append(f"\nControls, on average over the tasks: held-out inner points ({draws} per task over the whole "
+                     f"eps-box) in class 0: {found['inner_accuracy']:.1%}; reach ({draws} draws within {radius:g} eps "
+                     f"of the corner) in class 1: {found['reachable']:.1%}. Boundary: "
+                     f"{found['settings']['boundary_points']} point(s) within {radius:g} eps of a corner.")
+    looser = found["looser"]
+    if looser["tested"]:
+        closeness = sorted({t["closeness"] for t in found["tasks"] if t["closeness"] != found["closeness"]})
+        missed = ", ".join(f"{name} {r['failed']}" for name, r in looser["attacks"].items())
+        lines.append(f"\n{looser['tested']} task(s) built at a looser closeness ({', '.join(map(str, closeness))}: "
+                     f"an easier task) are counted apart; missed there: {missed}.")
+    if found["setup_failures"]:
+        lines.append(f"\nSetup failed on {len(found['setup_failures'])} image(s) (left out).")
     if found["left_out"]:
         lines.append(f"\n(left out, they need a twin of the modified network: {', '.join(found['left_out'])})")
     return lines + [""]
@@ -527,10 +560,18 @@ def binarization_table(found: dict) -> list[str]:
 def binarization_warnings(found: dict | None) -> list[str]:
     if not found or not found["tested"]:
         return []
-    return [f"binarization test: {name} missed {record['failed']} of {record['tested']} adversarial examples that "
-            f"provably exist ({record['failed'] / record['tested']:.0%}): too weak to trust on this model"
-            for name, record in found["attacks"].items()
-            if record["failed"] / record["tested"] > BINARIZATION_TOLERANCE]
+    warnings = [f"binarization test: {name} missed {record['failed']} of {record['tested']} adversarial examples "
+                f"that provably exist ({record['failed'] / record['tested']:.0%}): too weak to trust on this model"
+                for name, record in found["attacks"].items()
+                if record["failed"] / record["tested"] > BINARIZATION_TOLERANCE]
+    if found["reachable"] is not None and found["reachable"] < REACH_TOLERANCE:
+        warnings.append(f"binarization test: only {found['reachable']:.0%} of the draws near the corner are class 1: "
+                        "the tasks are needles, and a miss says little of an attack (more boundary points help)")
+    solved = found["random"]["tested"] - found["random"]["failed"]
+    if solved / found["random"]["tested"] > BINARIZATION_TOLERANCE:
+        warnings.append(f"binarization test: random noise solved {solved} of {found['random']['tested']} tasks: "
+                        "the test is too easy here to vouch for an attack")
+    return warnings
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -667,13 +708,16 @@ def _gathered(parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
 
 
 def _run(model, batches, eps, name, settings, seed, source_model, device, journal: Journal | None = None,
-         tag: str = "suite") -> tuple[torch.Tensor, float]:
+         tag: str = "suite", progress: bool = False) -> tuple[torch.Tensor, float]:
     """One attack over every batch: (the per-image robust mask over all processes, seconds summed over them).
 
-    Each batch is one unit of the journal, keyed by `tag` (which model and why), attack, eps and batch index."""
+    Each batch is one unit of the journal, keyed by `tag` (which model and why), attack, eps and batch index.
+    progress: a bar per attack with its ETA (on stderr, the main process only)."""
     journal = journal or Journal(None)
     parts, seconds = [], 0.0
-    for index, images, labels in batches:
+    bar = tqdm(batches, desc=f"{name} eps {eps:g}", unit="batch", leave=False,
+               disable=not (progress and distributed.is_main()))
+    for index, images, labels in bar:
         def attack(images=images, labels=labels, index=index) -> tuple[torch.Tensor, float]:
             robust, batch_seconds = attack_batch(model, images, labels, eps, [name], settings,
                                                  source_model=source_model, seed=batch_seed(seed, index))

@@ -5,8 +5,8 @@ A full-strength evaluation runs for hours on a CPU. `kwta.evaluate(..., journal=
 per finished unit (an attack at one eps on one batch: its per-image robust mask, its seconds, what
 AutoAttack's checks logged meanwhile, and the machine and commit it ran on) and flushes it to disk. Run again
 with the same journal and every finished unit is read back instead of attacked; the figures come out as an
-uninterrupted run's, because every random draw is seeded per batch and attack. (The binarization test, run
-after the table, is not journaled: an interruption there reruns it whole.)
+uninterrupted run's, because every random draw is seeded per batch and attack. The binarization test's units
+are (attack, image), each a JSON record (`record`), so the test resumes and shards too.
 
 PATH is a file (attack.py's OUT.journal, deleted once the results are saved), or a folder: a campaign's
 journal, kept and committed. In a folder every run appends to a shard file of its own
@@ -193,22 +193,35 @@ class Journal:
              batch: int = 0) -> tuple[torch.Tensor, float] | None:
         """(robust mask, seconds) of the unit `key`: read back if finished, else compute() and append it;
         None (and counted in `deferred`) when this run leaves the batch to another."""
+        def encoded() -> tuple[dict, float]:
+            mask, seconds = compute()
+            return {"mask": mask.int().tolist()}, seconds
+
+        done = self._unit(key, encoded, batch)
+        return None if done is None else (torch.tensor(done["mask"], dtype=torch.bool), done["seconds"])
+
+    def record(self, key: str, compute: Callable[[], tuple[dict, float]], batch: int = 0) -> dict | None:
+        """The same for a unit whose result is a JSON object: compute() -> (value, seconds); returns the value."""
+        done = self._unit(key, lambda: (lambda value, seconds: ({"value": value}, seconds))(*compute()), batch)
+        return None if done is None else done["value"]
+
+    def _unit(self, key: str, compute: Callable[[], tuple[dict, float]], batch: int) -> dict | None:
         self.visited.append(key)
         unit = self.units.get(key)
         if unit is not None:
             self.logged.extend(tuple(entry) for entry in unit["logged"])
-            return torch.tensor(unit["mask"], dtype=torch.bool), unit["seconds"]
+            return unit
         if not self.takes(batch):
             self.deferred += 1
             return None
         before = len(self.logged)
-        mask, seconds = compute()
-        unit = {"key": key, "mask": mask.int().tolist(), "seconds": seconds,
-                "logged": [list(entry) for entry in self.logged[before:]], "ran": self._ran}
+        fields, seconds = compute()
+        unit = {"key": key, **fields, "seconds": seconds, "logged": [list(entry) for entry in self.logged[before:]],
+                "ran": self._ran}
         self.units[key] = unit
         if self.path is not None:
             self._write(unit)
-        return mask, seconds
+        return unit
 
     def write_plan(self, keys: list[str]) -> None:
         """A folder's PLAN (plan.json): the fingerprint and every unit key of the evaluation (every process's),

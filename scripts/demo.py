@@ -4,13 +4,12 @@ k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PG
 8 x eps, draw the loss landscapes and the curves, and write results/demo/summary.md.
 
     make demo                                  # = .venv/bin/python -m scripts.demo
-    python -m scripts.demo --epochs 10 --train-subset 60000 --n-images 320 --aa-iterations 100 \
-        --square-queries 5000 --restarts 5 --es-schedule 20x50,20x500,60x10000 --eot-samples 8    # a bigger run (GPU)
+    python -m scripts.demo --epochs 10 --train-subset 60000 --n-images 320 --budget standard   # a bigger run (GPU)
 
 The defaults fit about 20 minutes on 2 CPU cores with bf16 in hardware (docs/results/demo-bf16/): 3,000
-training images for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images,
-AutoAttack's iterations and Square's queries, PGD's restarts, es and eot below their defaults; the summary
-states every setting. A second run reuses every finished step (checkpoints, attack results, figures) and
+training images for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images
+at attack.py's demo budget (kwta.budgets: AutoAttack's iterations and Square's queries, PGD's restarts, es and eot
+below their standard); the summary states every setting. A second run reuses every finished step (checkpoints, attack results, figures) and
 resumes a half-trained network. The pipeline itself is experiments/demo.py.
 """
 
@@ -32,13 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="training batch")
     parser.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
     parser.add_argument("--n-images", type=positive_int, default=32, help="test images attacked per model")
-    parser.add_argument("--restarts", type=positive_int, default=2, help="PGD's and transfer's random starts")
-    parser.add_argument("--aa-iterations", type=positive_int, default=20,
-                        help="AutoAttack's, and BPDA's APGD (standard: 100)")
-    parser.add_argument("--square-queries", type=positive_int, default=500, help="Square's (standard: 5000)")
-    parser.add_argument("--es-schedule", default="10x20",
-                        help="es's stages, STEPSxPAIRS (standard: 20x50,20x500,60x10000)")
-    parser.add_argument("--eot-samples", type=positive_int, default=4, help="eot's draws per step")
+    parser.add_argument("--budget", choices=("standard", "demo", "smoke"), default="demo",
+                        help="attack.py's named budget (kwta.budgets)")
     parser.add_argument("--landscape-steps", type=positive_int, default=21, help="landscape grid points per axis")
     parser.add_argument("--dry-run", action="store_true", help="print the steps that would run")
     return parser.parse_args()

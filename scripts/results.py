@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     attacks.add_argument("--es-schedule", default="20x50,20x500,60x10000",
                          help="es's stages, STEPSxPAIRS (Tramer et al.'s by default)")
     attacks.add_argument("--binarization-attacks", default="all", help="the binarization test's attacks")
-    attacks.add_argument("--cut", type=positive_int, help="cut every budget to this (a smoke run, not a result)")
+    attacks.add_argument("--budget", choices=("standard", "demo", "smoke"), default="standard",
+                         help="attack.py's named budget (kwta.budgets); smoke: a run of the whole pipeline, not a result")
+    attacks.add_argument("--binarization-inner", type=positive_int, default=999,
+                         help="the binarization test's inner points per image")
     parser.add_argument("--landscape-steps", type=positive_int, default=21, help="landscape grid points per axis")
     parser.add_argument("--stop-after", type=positive_float, metavar="MINUTES",
                         help="start no attack after this many minutes (what finished is journaled; run again to go on)")

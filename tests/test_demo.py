@@ -11,10 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "2",
-        "--restarts", "1", "--aa-iterations", "2", "--square-queries", "5", "--es-schedule", "2x2",
-        "--eot-samples", "1", "--landscape-steps", "3", "--device", "cpu"]
+        "--budget", "smoke", "--landscape-steps", "3", "--device", "cpu"]
 SLICE = ["--train-subset", "64", "--test-subset", "64", "--epochs", "1", "--batch-size", "32", "--n-images", "3",
-         "--check-images", "2", "--attack-batch-size", "2", "--cut", "2", "--es-schedule", "2x2",
+         "--check-images", "2", "--attack-batch-size", "2", "--budget", "smoke", "--pgd-steps", "2",
+         "--binarization-inner", "2", "--es-schedule", "2x2",
          "--binarization-attacks", "pgd,bpda", "--landscape-steps", "3", "--device", "cpu"]
 needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                                          reason="needs dataset-fashion-mnist")

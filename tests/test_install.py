@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_MODULES = {"__init__", "functional", "modules", "models", "data", "checkpoint", "attacks", "evaluation",
-                   "journal", "binarization", "landscape", "adversarial", "distributed", "machine", "released"}
+                   "journal", "binarization", "budgets", "landscape", "adversarial", "distributed", "machine",
+                   "released"}
 KERNEL_MODULES = {"__init__", "reference", "cpu", "triton_kwta", "aot", "cost"}
 
 
