@@ -9,8 +9,8 @@ k-WTA models transfer from the ReLU twin, on which es is calibrated too) plus PG
 The defaults fit about 20 minutes on 2 CPU cores with bf16 in hardware (docs/results/demo-bf16/): 3,000
 training images for 3 epochs, 1,000 test images, and the attacks cut in size, not in kind: 32 attacked images
 at attack.py's demo budget (kwta.budgets: AutoAttack's iterations and Square's queries, PGD's restarts, es and eot
-below their standard); the summary states every setting. A second run reuses every finished step (checkpoints, attack results, figures) and
-resumes a half-trained network. The pipeline itself is experiments/demo.py.
+below their standard); the summary states every setting. A second run reuses every finished step (checkpoints,
+attack results, figures) and resumes a half-trained network. The pipeline itself is experiments/demo.py.
 """
 
 import argparse

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="es's stages, STEPSxPAIRS (Tramer et al.'s by default)")
     attacks.add_argument("--binarization-attacks", default="all", help="the binarization test's attacks")
     attacks.add_argument("--budget", choices=("standard", "demo", "smoke"), default="standard",
-                         help="attack.py's named budget (kwta.budgets); smoke: a run of the whole pipeline, not a result")
+                         help="attack.py's named budget (kwta.budgets); smoke: a run of the whole pipeline, "
+                              "not a result")
     attacks.add_argument("--binarization-inner", type=positive_int, default=999,
                          help="the binarization test's inner points per image")
     parser.add_argument("--landscape-steps", type=positive_int, default=21, help="landscape grid points per axis")
